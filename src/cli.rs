@@ -1,0 +1,148 @@
+//! Command-line types (clap) and nothing else: `main` turns them into plain settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Prune the uv cache without deleting what running processes still use.
+///
+/// Removes exactly what `uv cache prune` removes, except every cache entry that a running
+/// process uses (found by scanning every process: executable, working directory, open files,
+/// memory maps, environment and command line), which is kept and explained.
+#[derive(Debug, Parser)]
+#[command(name = "safe-prune", version = crate::version::LONG, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Prune options when no subcommand is given (`safe-prune` = `safe-prune prune`).
+    #[command(flatten)]
+    pub prune: PruneArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Remove unused cache entries, keeping every entry a running process uses (default).
+    Prune(PruneArgs),
+    /// List the cache entries running processes use, and who uses them; removes nothing.
+    InUse(InUseArgs),
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// uv's messages on stderr.
+    #[default]
+    Human,
+    /// One JSON object on stdout.
+    Json,
+}
+
+/// Options shared by every command that reads a cache.
+#[derive(Debug, Clone, Args, Default)]
+pub struct CacheArgs {
+    /// Path to the cache directory (default: as uv finds it).
+    #[arg(long, env = "UV_CACHE_DIR", value_name = "DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Ignore uv configuration files when looking for the cache directory.
+    #[arg(long, global = true)]
+    pub no_config: bool,
+
+    /// Read the cache directory from this uv configuration file.
+    #[arg(long, env = "UV_CONFIG_FILE", value_name = "FILE", global = true)]
+    pub config_file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human, global = true)]
+    pub format: Format,
+
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Explain each entry removed or kept (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// Also remove pre-built wheels and unpacked source distributions, like `uv cache prune --ci`.
+    #[arg(long)]
+    pub ci: bool,
+
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Remove nothing while a process that could use the cache cannot be inspected.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Do not wait for uv's cache lock; accepted for compatibility with `uv cache prune`.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Wait for uv's cache lock (up to DURATION, default 5m) instead of pruning beside it.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// While other uv processes run, keep entries younger than this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InUseArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Parse `30s`, `5m`, `12h`, `30d`, `1w`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        format!("invalid duration `{text}`: expected a number with a unit, like 30s, 5m, 12h, 30d")
+    })?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("invalid duration unit in `{text}`: use s, m, h, d or w")),
+    };
+    number
+        .checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration `{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("99999999999999999999w").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,232 @@
+//! safe-prune: prune the uv cache without deleting what running processes still use.
+//!
+//! `main` parses the command line, turns it into plain settings, runs the core, prints, and
+//! maps the outcome to an exit code (0 done, 1 some entries could not be removed or `--strict`
+//! refused, 2 usage or fatal error).
+#![deny(unsafe_code)]
+
+mod cli;
+mod layout;
+mod locate;
+mod lock;
+mod plan;
+mod pointer;
+mod prune;
+mod remove;
+mod report;
+mod usage;
+mod version;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use cli::{CacheArgs, Cli, Command, Format, PruneArgs};
+
+/// Exit codes, documented in README.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const PARTIAL: u8 = 1;
+    pub const FATAL: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::FATAL } else { exit::OK });
+        }
+    };
+    let code = match cli.command {
+        None => run_prune(&cli.prune),
+        Some(Command::Prune(args)) => run_prune(&args),
+        Some(Command::InUse(args)) => run_in_use(&args.cache),
+    };
+    ExitCode::from(code)
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+}
+
+fn locate_inputs(args: &CacheArgs) -> locate::Inputs {
+    let env = locate::Env::from_process();
+    locate::Inputs {
+        // clap already folded `UV_CACHE_DIR` into `cache_dir` (same precedence as uv).
+        cache_dir: args.cache_dir.clone().filter(|p| !p.as_os_str().is_empty()),
+        config_file: args.config_file.clone(),
+        no_config: args.no_config,
+        cwd: cwd(),
+        env,
+    }
+}
+
+fn fatal(message: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {message}");
+    exit::FATAL
+}
+
+fn run_prune(args: &PruneArgs) -> u8 {
+    let settings = prune::Settings {
+        locate: locate_inputs(&args.cache),
+        ci: args.ci,
+        dry_run: args.dry_run,
+        strict: args.strict,
+        force: args.force,
+        wait: args.wait,
+        grace: args.grace,
+        json: args.cache.format == Format::Json,
+        quiet: args.cache.quiet,
+        verbose: args.cache.verbose,
+        proc_root: PathBuf::from("/proc"),
+    };
+    // Ctrl-C (or a service manager's SIGTERM) stops between entries, with a summary.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    let human = !settings.json && !settings.quiet;
+    let mut say = |line: &str| {
+        if human {
+            eprintln!("{line}");
+        }
+    };
+    let outcome = match prune::run(&settings, &stop, &mut say) {
+        Ok(outcome) => outcome,
+        Err(prune::Fatal::Strict(message)) => {
+            eprintln!("error: {message}");
+            return exit::PARTIAL;
+        }
+        Err(e) => return fatal(e),
+    };
+    let report = match outcome {
+        prune::Outcome::NoCache(display) => {
+            if settings.json {
+                println!("{}", serde_json::json!({"cache_dir": null, "no_cache": display}));
+            } else if !settings.quiet {
+                eprintln!("No cache found at: {display}");
+            }
+            return exit::OK;
+        }
+        prune::Outcome::Done(report) => report,
+    };
+    if settings.json {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &report);
+        let _ = writeln!(out);
+    } else if !settings.quiet {
+        print_human(&report, settings.verbose);
+    }
+    if report.errors.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    }
+}
+
+fn print_human(report: &report::PruneReport, verbose: u8) {
+    let mut err = std::io::stderr().lock();
+    if verbose > 0 {
+        let verb = if report.dry_run { "Would remove" } else { "Removed" };
+        for e in &report.removed_entries {
+            let _ = writeln!(
+                err,
+                "{verb} {} ({}, {})",
+                report::escape(&e.path.0),
+                serde_json::to_value(e.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                report::human_bytes(e.bytes)
+            );
+        }
+    }
+    let verb = if report.dry_run { "Would remove" } else { "Removed" };
+    let _ = writeln!(err, "{}", report::summary_line(&report.counts(), "No unused entries found", verb));
+    let _ = write!(err, "{}", report::kept_lines(report, verbose));
+    if let Some(processes) = &report.processes {
+        let _ = write!(err, "{}", report::uninspectable_lines(processes));
+    }
+    for e in &report.errors {
+        match &e.path {
+            Some(p) => {
+                let _ = writeln!(err, "error: {}: {}", report::escape(&p.0), e.message);
+            }
+            None => {
+                let _ = writeln!(err, "error: {}", e.message);
+            }
+        }
+    }
+}
+
+fn run_in_use(args: &CacheArgs) -> u8 {
+    let cache = match prune::open_cache(&locate_inputs(args)) {
+        Ok(Ok(cache)) => cache,
+        Ok(Err(display)) => {
+            if !args.quiet {
+                eprintln!("No cache found at: {display}");
+            }
+            return exit::OK;
+        }
+        Err(e) => return fatal(e),
+    };
+    let usage = match prune::scan(&cache, Path::new("/proc")) {
+        Ok(usage) => usage,
+        Err(e) => return fatal(e),
+    };
+    let entries: Vec<report::KeptEntry> = usage
+        .direct
+        .iter()
+        .map(|(rel, holders)| report::KeptEntry {
+            path: report::JsonPath(rel.clone()),
+            holders: holders.clone(),
+            via: None,
+        })
+        .chain(usage.closure.iter().map(|(rel, via)| report::KeptEntry {
+            path: report::JsonPath(rel.clone()),
+            holders: usage.direct.get(via).cloned().unwrap_or_default(),
+            via: Some(report::JsonPath(via.clone())),
+        }))
+        .collect();
+    if args.format == Format::Json {
+        let doc = serde_json::json!({
+            "cache_dir": report::JsonPath(cache.canonical.clone()),
+            "in_use": entries,
+            "processes": usage.summary,
+        });
+        println!("{doc}");
+        return exit::OK;
+    }
+    if args.quiet {
+        return exit::OK;
+    }
+    let mut out = std::io::stdout().lock();
+    if entries.is_empty() {
+        let _ = writeln!(out, "No cache entries in use ({} processes scanned)", usage.summary.scanned);
+    }
+    for k in &entries {
+        let _ = writeln!(out, "{}", report::escape(&k.path.0));
+        if let Some(via) = &k.via {
+            let _ = writeln!(out, "  needed by {}", report::escape(&via.0));
+            continue;
+        }
+        for h in &k.holders {
+            let _ = writeln!(
+                out,
+                "  pid {} ({}, user {}): {} {}",
+                h.pid,
+                h.command,
+                h.user,
+                h.evidence,
+                report::escape(Path::new(&h.detail))
+            );
+        }
+    }
+    let _ = write!(std::io::stderr(), "{}", report::uninspectable_lines(&usage.summary));
+    exit::OK
+}

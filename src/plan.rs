@@ -1,0 +1,533 @@
+//! The plan: every path uv 0.13.8's `cache prune` would remove, each with its reason, minus
+//! what must be kept (entries in use and their closure, young or locked entries).
+//!
+//! The order is uv's (`cache_prune.rs`, uv-cache `lib.rs` `prune`): stale source revisions;
+//! unknown top-level entries; every cached environment; every temporary build; with `--ci`,
+//! pre-built wheels and unpacked sdist contents; archives that no symlink references; orphan
+//! `files-v0` objects. Targets carry a [`Phase`] so that references are always removed before
+//! the archives they point to: a run killed at any moment never leaves a link into a removed
+//! archive.
+//!
+//! Planning only reads. It never follows a symlink into a directory it plans to remove and
+//! resolves links only to compare targets.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::layout::{self, Family, TopLevel};
+use crate::pointer::{self, PointerKind};
+
+/// Why a path is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// A source-distribution revision that the `revision.*` pointer no longer names.
+    StaleRevision,
+    /// A top-level entry that is not a bucket (`.tmp*` staging directories, stray files).
+    UnknownEntry,
+    /// An older generation of a bucket (`wheels-v4` when uv uses `wheels-v7`).
+    StaleBucket,
+    /// A cached environment (`environments-v2/*`): uv recreates it on next use.
+    CachedEnvironment,
+    /// A temporary build or overlay environment (`builds-v0/*`).
+    BuildEnvironment,
+    /// `--ci`: a pre-built wheel directory (`wheels-v*/<kind>`).
+    CiWheel,
+    /// `--ci`: unpacked contents of a built sdist (`src/`, the unzipped-wheel link).
+    CiBuiltWheel,
+    /// An archive no symlink references any more.
+    UnreferencedArchive,
+    /// A `files-v0` object no archive links to (link count 1), or a shard left empty.
+    OrphanFile,
+}
+
+/// Removal phases, run in order; within one phase targets are independent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Everything that may hold a reference to an archive.
+    References,
+    /// Archives (referenced only by paths removed in the first phase).
+    Archives,
+    /// `files-v0` objects, whose link counts drop as archives go.
+    Files,
+}
+
+/// One path to remove, relative to the cache root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub rel: PathBuf,
+    pub reason: Reason,
+    pub phase: Phase,
+}
+
+/// Why an entry that uv would remove is kept.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepReason {
+    /// A running process uses it (or it is in the closure of one that is).
+    InUse,
+    /// Modified or created within the grace period while other uv processes were running.
+    Young,
+    /// Its own `.lock` is held by a uv process.
+    Locked,
+    /// A newer generation of a bucket, or an unknown bucket: a newer uv's data.
+    NewerBucket,
+}
+
+/// Paths that must survive, each with why. A protected path protects everything below it;
+/// a removal unit containing a protected path is split around it.
+#[derive(Debug, Clone, Default)]
+pub struct Protect {
+    paths: BTreeMap<PathBuf, KeepReason>,
+}
+
+impl Protect {
+    /// Protect `rel` (relative to the cache root). The first reason given wins.
+    pub fn add(&mut self, rel: PathBuf, reason: KeepReason) {
+        self.paths.entry(rel).or_insert(reason);
+    }
+
+    /// The protected path that contains `rel` (itself or an ancestor), if any.
+    pub fn covering(&self, rel: &Path) -> Option<(&PathBuf, &KeepReason)> {
+        rel.ancestors().filter(|a| !a.as_os_str().is_empty()).find_map(|a| self.paths.get_key_value(a))
+    }
+
+    /// True when some protected path lies strictly below `rel`.
+    pub fn has_below(&self, rel: &Path) -> bool {
+        self.paths
+            .range::<Path, _>((std::ops::Bound::Excluded(rel), std::ops::Bound::Unbounded))
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(rel))
+    }
+}
+
+/// A problem met while planning. The part of the cache it concerns is left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub rel: PathBuf,
+    pub message: String,
+}
+
+/// The full plan.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub targets: Vec<Target>,
+    /// Entries uv would have removed that are kept, with why (deduplicated).
+    pub kept: BTreeMap<PathBuf, KeepReason>,
+    pub errors: Vec<PlanError>,
+}
+
+/// Planning options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub ci: bool,
+}
+
+/// Build the plan for the cache at `root` (absolute, canonical).
+pub fn plan(root: &Path, options: Options, protect: &Protect) -> Plan {
+    let mut planner = Planner { root, protect, plan: Plan::default(), doomed: HashSet::new() };
+    planner.run(options);
+    planner.plan
+}
+
+struct Planner<'a> {
+    root: &'a Path,
+    protect: &'a Protect,
+    plan: Plan,
+    /// Every planned target, for skipping removed subtrees when looking for references.
+    doomed: HashSet<PathBuf>,
+}
+
+impl Planner<'_> {
+    fn run(&mut self, options: Options) {
+        let buckets = self.top_level();
+        let current = |family: Family| -> Option<PathBuf> {
+            family.current_name().map(PathBuf::from).filter(|n| buckets.contains(n))
+        };
+        if let Some(sdists) = current(Family::SourceDistributions) {
+            self.stale_revisions(&sdists);
+        }
+        if let Some(envs) = current(Family::Environments) {
+            self.children(&envs, Reason::CachedEnvironment, |_| true);
+        }
+        if let Some(builds) = current(Family::Builds) {
+            self.children(&builds, Reason::BuildEnvironment, |_| true);
+        }
+        if options.ci {
+            if let Some(wheels) = current(Family::Wheels) {
+                // uv's `path.is_dir()` follows links: a link to a directory goes (as a link).
+                let root = self.root.to_path_buf();
+                self.children(&wheels, Reason::CiWheel, |rel| root.join(rel).is_dir());
+            }
+            if let Some(sdists) = current(Family::SourceDistributions) {
+                self.unpacked_built_wheels(&sdists);
+            }
+        }
+        // References live in the wheel and sdist buckets uv knows, and in newer generations
+        // of them, which a newer uv sharing the cache still reads.
+        let reference_buckets: Vec<PathBuf> = buckets
+            .iter()
+            .filter(|name| {
+                matches!(
+                    layout::classify(name.as_os_str()),
+                    TopLevel::Current(Family::Wheels | Family::SourceDistributions)
+                        | TopLevel::Newer(Family::Wheels | Family::SourceDistributions, _)
+                )
+            })
+            .cloned()
+            .collect();
+        if let Some(archive) = current(Family::Archive) {
+            self.unreferenced_archives(&archive, &reference_buckets);
+        }
+        if let Some(files) = current(Family::Files) {
+            self.orphan_files(&files);
+        }
+    }
+
+    /// True when `rel` or one of its ancestors is already planned for removal.
+    fn is_doomed(&self, rel: &Path) -> bool {
+        rel.ancestors().any(|a| self.doomed.contains(a))
+    }
+
+    fn error(&mut self, rel: &Path, err: impl std::fmt::Display) {
+        self.plan.errors.push(PlanError { rel: rel.to_path_buf(), message: err.to_string() });
+    }
+
+    /// Consider removing `rel`; keep it, or split it around protected paths inside it.
+    fn consider(&mut self, rel: PathBuf, reason: Reason, phase: Phase) {
+        if let Some((kept, why)) = self.protect.covering(&rel) {
+            self.plan.kept.insert(kept.clone(), why.clone());
+            return;
+        }
+        if self.protect.has_below(&rel) {
+            // Only a real directory can contain a protected path; `symlink_metadata` never
+            // follows, so a link is removed as a link.
+            match fs::symlink_metadata(self.root.join(&rel)) {
+                Ok(meta) if meta.is_dir() => {
+                    for child in self.list(&rel) {
+                        self.consider(rel.join(child), reason, phase);
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) => return self.error(&rel, e),
+            }
+        }
+        self.doomed.insert(rel.clone());
+        self.plan.targets.push(Target { rel, reason, phase });
+    }
+
+    /// Names in a directory (relative), sorted for a stable plan; errors are recorded.
+    fn list(&mut self, rel: &Path) -> Vec<std::ffi::OsString> {
+        match fs::read_dir(self.root.join(rel)) {
+            Ok(entries) => {
+                let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+                names.sort();
+                names
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                self.error(rel, e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Step one: classify the top level; return the bucket directories that remain.
+    fn top_level(&mut self) -> BTreeSet<PathBuf> {
+        let mut buckets = BTreeSet::new();
+        for name in self.list(Path::new("")) {
+            let rel = PathBuf::from(&name);
+            let is_dir = fs::symlink_metadata(self.root.join(&rel)).is_ok_and(|m| m.is_dir());
+            match layout::classify(&name) {
+                TopLevel::Marker => {}
+                TopLevel::Current(_) if is_dir => {
+                    buckets.insert(rel);
+                }
+                TopLevel::Newer(..) | TopLevel::UnknownBucket if is_dir => {
+                    self.plan.kept.insert(rel.clone(), KeepReason::NewerBucket);
+                    buckets.insert(rel);
+                }
+                TopLevel::Older(..) if is_dir => self.consider(rel, Reason::StaleBucket, Phase::References),
+                // Files, links and non-bucket directories (uv: "dangling cache bucket").
+                _ => self.consider(rel, Reason::UnknownEntry, Phase::References),
+            }
+        }
+        buckets
+    }
+
+    /// Every child of `bucket` that `select` accepts.
+    fn children(&mut self, bucket: &Path, reason: Reason, select: impl Fn(&Path) -> bool) {
+        for name in self.list(bucket) {
+            let rel = bucket.join(name);
+            if select(&rel) {
+                self.consider(rel, reason, Phase::References);
+            }
+        }
+    }
+
+    /// Real directories below `rel` (never through a link), depth-first, parents first.
+    fn walk_dirs(&mut self, rel: &Path, out: &mut Vec<PathBuf>) {
+        for name in self.list(rel) {
+            let child = rel.join(name);
+            if fs::symlink_metadata(self.root.join(&child)).is_ok_and(|m| m.is_dir()) {
+                out.push(child.clone());
+                self.walk_dirs(&child, out);
+            }
+        }
+    }
+
+    /// uv-distribution `prune`: in each directory with a `revision.http` or `revision.rev`,
+    /// every sibling directory other than the named revision is stale.
+    fn stale_revisions(&mut self, sdists: &Path) {
+        let mut dirs = vec![sdists.to_path_buf()];
+        self.walk_dirs(sdists, &mut dirs);
+        for dir in dirs {
+            if self.is_doomed(&dir) {
+                continue;
+            }
+            for (file, kind) in [("revision.http", PointerKind::Http), ("revision.rev", PointerKind::Local)] {
+                let path = self.root.join(&dir).join(file);
+                // `is_file` follows links, as uv's does.
+                if !path.is_file() {
+                    continue;
+                }
+                let Some(id) = fs::read(&path).ok().and_then(|b| pointer::revision_id(kind, &b)) else {
+                    continue;
+                };
+                for name in self.list(&dir) {
+                    let rel = dir.join(&name);
+                    let is_dir = fs::symlink_metadata(self.root.join(&rel)).is_ok_and(|m| m.is_dir());
+                    if is_dir && name != OsStr::new(&id) && !self.doomed.contains(&rel) {
+                        self.consider(rel, Reason::StaleRevision, Phase::References);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `--ci`: in every directory holding `metadata.msgpack`, everything but that file, built
+    /// `.whl` files, and nested build-settings shards with their own metadata.
+    fn unpacked_built_wheels(&mut self, sdists: &Path) {
+        let mut dirs = vec![sdists.to_path_buf()];
+        self.walk_dirs(sdists, &mut dirs);
+        for dir in dirs {
+            if self.is_doomed(&dir) {
+                continue;
+            }
+            if !self.root.join(&dir).join("metadata.msgpack").exists() {
+                continue;
+            }
+            for name in self.list(&dir) {
+                let rel = dir.join(&name);
+                let path = self.root.join(&rel);
+                if name == "metadata.msgpack" {
+                    continue;
+                }
+                let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                if name != "src" && is_dir && path.join("metadata.msgpack").exists() {
+                    continue;
+                }
+                if Path::new(&name).extension().is_some_and(|e| e.eq_ignore_ascii_case("whl")) {
+                    continue;
+                }
+                self.consider(rel, Reason::CiBuiltWheel, Phase::References);
+            }
+        }
+    }
+
+    /// Canonical targets of every archive link that survives the earlier steps, following
+    /// uv's `find_archive_references` filter.
+    fn archive_references(&mut self, buckets: &[PathBuf]) -> HashSet<PathBuf> {
+        let mut refs = HashSet::new();
+        let mut stack: Vec<PathBuf> = buckets.to_vec();
+        while let Some(dir) = stack.pop() {
+            for name in self.list(&dir) {
+                let rel = dir.join(&name);
+                if self.doomed.contains(&rel) || skipped_by_reference_walk(&name) {
+                    continue;
+                }
+                let path = self.root.join(&rel);
+                let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+                if meta.file_type().is_symlink() {
+                    // A dangling link references nothing (uv skips it silently).
+                    if let Ok(target) = fs::canonicalize(&path) {
+                        refs.insert(target);
+                    }
+                } else if meta.is_dir() {
+                    stack.push(rel);
+                }
+            }
+        }
+        refs
+    }
+
+    /// Archives whose canonical path no surviving link resolves to.
+    fn unreferenced_archives(&mut self, archive: &Path, reference_buckets: &[PathBuf]) {
+        let refs = self.archive_references(reference_buckets);
+        for name in self.list(archive) {
+            let rel = archive.join(name);
+            // uv canonicalizes each entry (and aborts the whole prune on a dangling link, after
+            // deleting most of the cache). A dangling link here references nothing: it goes.
+            let referenced = fs::canonicalize(self.root.join(&rel)).is_ok_and(|t| refs.contains(&t));
+            if !referenced {
+                self.consider(rel, Reason::UnreferencedArchive, Phase::Archives);
+            }
+        }
+    }
+
+    /// `files-v0` objects with a link count of one, and shard directories left empty.
+    fn orphan_files(&mut self, files: &Path) {
+        self.orphans_in(files, true);
+    }
+
+    /// Returns true when everything in `dir` goes (so `dir` itself can go too).
+    fn orphans_in(&mut self, dir: &Path, is_bucket: bool) -> bool {
+        let mut all = true;
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for name in self.list(dir) {
+            let rel = dir.join(name);
+            match fs::symlink_metadata(self.root.join(&rel)) {
+                Ok(m) if m.is_file() && m.nlink() == 1 && self.protect.covering(&rel).is_none() => {
+                    files.push(rel)
+                }
+                Ok(m) if m.is_dir() => dirs.push(rel),
+                _ => all = false,
+            }
+        }
+        let mut empty_dirs = Vec::new();
+        for sub in dirs {
+            if self.orphans_in(&sub, false) {
+                empty_dirs.push(sub);
+            } else {
+                all = false;
+            }
+        }
+        if all && !is_bucket && self.protect.covering(dir).is_none() {
+            // The whole shard goes: one target removes it with its contents, counted alike.
+            return true;
+        }
+        for rel in empty_dirs.into_iter().chain(files) {
+            self.consider(rel, Reason::OrphanFile, Phase::Files);
+        }
+        false
+    }
+}
+
+/// uv's `find_archive_references` filter: `src`, `.lock`, `.gitignore`, and files ending in
+/// `.lock`, `.whl`, `.http`, `.rev`, `.msgpack` are not walked.
+fn skipped_by_reference_walk(name: &OsStr) -> bool {
+    if name == "src" || name == ".lock" || name == ".gitignore" {
+        return true;
+    }
+    Path::new(name).extension().is_some_and(|ext| {
+        ["lock", "whl", "http", "rev", "msgpack"].iter().any(|e| ext.eq_ignore_ascii_case(e))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn cache() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::write(root.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+        for d in [
+            "archive-v0/used",
+            "archive-v0/env",
+            "archive-v0/orphan",
+            "wheels-v7/pypi/a",
+            "environments-v2/h",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        symlink("../../../archive-v0/used", root.join("wheels-v7/pypi/a/1-py3-none-any")).unwrap();
+        symlink("../../archive-v0/env", root.join("environments-v2/h/r")).unwrap();
+        tmp
+    }
+
+    fn rels(plan: &Plan) -> Vec<String> {
+        plan.targets.iter().map(|t| t.rel.display().to_string()).collect()
+    }
+
+    #[test]
+    fn removes_envs_then_unreferenced_archives() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let p = plan(&root, Options::default(), &Protect::default());
+        assert_eq!(rels(&p), ["environments-v2/h", "archive-v0/env", "archive-v0/orphan"]);
+        assert_eq!(p.targets[0].phase, Phase::References);
+        assert_eq!(p.targets[1].phase, Phase::Archives);
+    }
+
+    #[test]
+    fn protected_archive_splits_environment_bucket() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let mut protect = Protect::default();
+        protect.add("archive-v0/env".into(), KeepReason::InUse);
+        protect.add("environments-v2/h/r".into(), KeepReason::InUse);
+        fs::write(root.join("environments-v2/h/other.lock"), "").unwrap();
+        let p = plan(&root, Options::default(), &protect);
+        assert_eq!(rels(&p), ["environments-v2/h/other.lock", "archive-v0/orphan"]);
+        assert_eq!(p.kept.len(), 2);
+    }
+
+    #[test]
+    fn ci_drops_wheels_and_their_archives() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let p = plan(&root, Options { ci: true }, &Protect::default());
+        assert_eq!(
+            rels(&p),
+            ["environments-v2/h", "wheels-v7/pypi", "archive-v0/env", "archive-v0/orphan", "archive-v0/used"]
+        );
+    }
+
+    #[test]
+    fn newer_and_unknown_buckets_are_kept_older_removed() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        for d in ["wheels-v99", "wheels-v3", "newthing-v0", ".tmpAbc", "Stuff"] {
+            fs::create_dir(root.join(d)).unwrap();
+        }
+        // A newer uv's link keeps the archive it points to.
+        symlink("../archive-v0/orphan", root.join("wheels-v99/x")).unwrap();
+        let p = plan(&root, Options::default(), &Protect::default());
+        assert_eq!(rels(&p), [".tmpAbc", "Stuff", "wheels-v3", "environments-v2/h", "archive-v0/env"]);
+        assert!(p.kept.contains_key(Path::new("wheels-v99")));
+        assert!(p.kept.contains_key(Path::new("newthing-v0")));
+    }
+
+    #[test]
+    fn reference_walk_filter_matches_uv() {
+        for skipped in ["src", ".lock", ".gitignore", "a.lock", "x.WHL", "r.http", "p.rev", "m.msgpack"] {
+            assert!(skipped_by_reference_walk(OsStr::new(skipped)), "{skipped}");
+        }
+        for walked in ["1.0-py3-none-any", "pypi", "lockfile"] {
+            assert!(!skipped_by_reference_walk(OsStr::new(walked)), "{walked}");
+        }
+    }
+
+    #[test]
+    fn protect_queries() {
+        let mut p = Protect::default();
+        p.add("archive-v0/a".into(), KeepReason::InUse);
+        assert!(p.has_below(Path::new("archive-v0")));
+        assert!(!p.has_below(Path::new("archive-v0/a")));
+        assert!(!p.has_below(Path::new("archive-v")));
+        assert!(!p.has_below(Path::new("archive-v0/ab")));
+        assert!(p.covering(Path::new("archive-v0/a/bin/python")).is_some());
+        assert!(p.covering(Path::new("archive-v0/ab")).is_none());
+    }
+}

@@ -1,0 +1,334 @@
+//! One prune run, start to end: find the cache → lock → scan → map → plan → remove → report.
+//!
+//! The core never sees clap: `main` builds [`Settings`]. Errors that stop the run are
+//! [`Fatal`] (exit 2); per-entry failures are collected in the report (exit 1).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::layout::{self, NotACache};
+use crate::locate::{self, Located};
+use crate::lock::{self, CacheLock};
+use crate::plan::{self, KeepReason, Phase, Protect};
+use crate::remove::{Counts, Progress, Remover};
+use crate::report::{self, ErrorEntry, JsonPath, KeptEntry, KeptOther, PruneReport, RemovedEntry, Totals};
+use crate::usage::{self, CacheView, Usage};
+
+/// What the user asked for, as plain data.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub locate: locate::Inputs,
+    pub ci: bool,
+    pub dry_run: bool,
+    pub strict: bool,
+    pub force: bool,
+    pub wait: Option<Duration>,
+    pub grace: Duration,
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+    pub proc_root: PathBuf,
+}
+
+/// A failure that stops the run before anything is removed.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Config(#[from] locate::ConfigError),
+    #[error("{} is not a directory; pass --cache-dir with the uv cache directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{} is not a uv cache ({}); refusing to touch it. Pass --cache-dir with the directory `uv cache dir` prints", .0.display(), .1)]
+    NotACache(PathBuf, &'static str),
+    #[error("cannot read {}: {}", .0.display(), .1)]
+    Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Lock(std::io::Error),
+    #[error("{0}")]
+    Scan(#[from] platform::ScanError),
+    #[error("{0}")]
+    Strict(String),
+}
+
+/// How a run ended.
+pub enum Outcome {
+    /// No cache directory: uv's message, exit 0.
+    NoCache(String),
+    /// The run's report (errors inside mean exit 1).
+    Done(Box<PruneReport>),
+}
+
+/// A cache directory that exists, is a directory and looks like a uv cache.
+pub struct Cache {
+    pub located: Located,
+    /// Absolute (lexically), as configured.
+    pub absolute: PathBuf,
+    pub canonical: PathBuf,
+    /// As uv would print it.
+    pub display: String,
+}
+
+/// Find and validate the cache. `Ok(None)` when it does not exist.
+pub fn open_cache(inputs: &locate::Inputs) -> Result<Result<Cache, String>, Fatal> {
+    let located = locate::locate(inputs)?;
+    let absolute =
+        if located.path.is_absolute() { located.path.clone() } else { inputs.cwd.join(&located.path) };
+    let display = report::user_display(&located.path, &inputs.cwd);
+    match absolute.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(display)),
+        Err(e) => return Err(Fatal::Io(absolute, e)),
+        Ok(_) => {}
+    }
+    let canonical = std::fs::canonicalize(&absolute).map_err(|e| Fatal::Io(absolute.clone(), e))?;
+    if !canonical.is_dir() {
+        return Err(Fatal::NotADirectory(absolute));
+    }
+    match layout::check_is_cache(&canonical) {
+        Ok(()) => {}
+        Err(NotACache::NoTag) => {
+            return Err(Fatal::NotACache(absolute, "no CACHEDIR.TAG with the cache signature"))
+        }
+        Err(NotACache::NoBucket) => {
+            return Err(Fatal::NotACache(absolute, "it has a CACHEDIR.TAG but no uv bucket"))
+        }
+    }
+    Ok(Ok(Cache { located, absolute, canonical, display }))
+}
+
+/// Scan every process and map what they use to entries of `cache`.
+pub fn scan(cache: &Cache, proc_root: &Path) -> Result<Usage, Fatal> {
+    let mountinfo = std::fs::read(proc_root.join("self/mountinfo")).ok();
+    let view = CacheView::new(&cache.canonical, &cache.absolute, mountinfo.as_deref());
+    let report = platform::scan(&view.request(proc_root))?;
+    Ok(usage::map_scan(&view, &report))
+}
+
+/// Run a prune.
+pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) -> Result<Outcome, Fatal> {
+    let cache = match open_cache(&settings.locate)? {
+        Ok(cache) => cache,
+        Err(display) => return Ok(Outcome::NoCache(display)),
+    };
+    let lock = if settings.force {
+        // `--force` in uv means "do not wait": take the lock if free, else run beside uv.
+        lock::acquire(&cache.canonical, !settings.dry_run, None, || {})
+    } else {
+        lock::acquire(&cache.canonical, !settings.dry_run, settings.wait, || {
+            say("Cache is currently in-use, waiting for other uv processes to finish (use `--force` to override)")
+        })
+    }
+    .map_err(Fatal::Lock)?;
+    say(&format!("Pruning cache at: {}", cache.display));
+    if settings.verbose > 1 {
+        say(&format!("Cache directory from {}", cache.located.origin));
+    }
+    if let CacheLock::Busy { holders } = &lock {
+        if settings.verbose > 0 {
+            let pids: Vec<String> = holders.iter().map(|p| p.to_string()).collect();
+            say(&format!(
+                "uv's cache lock is held (pids {}): pruning beside them; entries younger than {}s, entries being written, and environments they asked for are kept",
+                if pids.is_empty() { "unknown".into() } else { pids.join(", ") },
+                settings.grace.as_secs()
+            ));
+        }
+    }
+
+    let mut usage = scan(&cache, &settings.proc_root)?;
+    strict_check(settings, &cache, &usage)?;
+    let options = plan::Options { ci: settings.ci };
+    let mut protect = protect_from(&usage);
+    if lock.concurrent() {
+        concurrent_protect(&cache.canonical, &usage, settings.grace, &mut protect);
+    }
+    let mut the_plan = plan::plan(&cache.canonical, options, &protect);
+    if !settings.dry_run && lock.concurrent() && !the_plan.targets.is_empty() {
+        // Look again right before removing: a process that started since the first scan
+        // (and whose uv parent we cannot lock out) is caught here.
+        let again = scan(&cache, &settings.proc_root)?;
+        merge_usage(&mut usage, again);
+        protect = protect_from(&usage);
+        concurrent_protect(&cache.canonical, &usage, settings.grace, &mut protect);
+        the_plan = plan::plan(&cache.canonical, options, &protect);
+    }
+
+    let progress = Arc::new(Progress::default());
+    let remover = Remover::new(&cache.canonical, settings.dry_run)
+        .map_err(|e| Fatal::Io(cache.canonical.clone(), e))?
+        .with_progress(progress.clone());
+    let mut removed = Vec::new();
+    let mut errors: Vec<ErrorEntry> = the_plan
+        .errors
+        .iter()
+        .map(|e| ErrorEntry { path: Some(JsonPath(e.rel.clone())), message: e.message.clone() })
+        .collect();
+    let mut totals = Totals::default();
+    for phase in [Phase::References, Phase::Archives, Phase::Files] {
+        let targets: Vec<&plan::Target> = the_plan.targets.iter().filter(|t| t.phase == phase).collect();
+        let rels: Vec<&Path> = targets.iter().map(|t| t.rel.as_path()).collect();
+        let results = remover.remove_all(&rels, stop);
+        for (target, result) in targets.iter().zip(results) {
+            let Some(result) = result else { continue };
+            let counts = match result {
+                Ok(counts) => counts,
+                Err((counts, e)) => {
+                    errors.push(ErrorEntry { path: Some(JsonPath(target.rel.clone())), message: e.message });
+                    counts
+                }
+            };
+            add_totals(&mut totals, &counts);
+            removed.push(RemovedEntry {
+                path: JsonPath(target.rel.clone()),
+                reason: target.reason,
+                files: counts.files,
+                dirs: counts.dirs,
+                bytes: counts.bytes,
+            });
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            errors.push(ErrorEntry {
+                path: None,
+                message: "interrupted: stopped before removing everything planned".into(),
+            });
+            break;
+        }
+    }
+    remover.finish();
+    let mode = lock.mode().to_string();
+    drop(lock);
+
+    let kept_in_use = kept_in_use(&the_plan.kept, &usage);
+    let kept = the_plan
+        .kept
+        .iter()
+        .filter(|(_, why)| **why != KeepReason::InUse)
+        .map(|(rel, why)| KeptOther { path: JsonPath(rel.clone()), reason: why.clone() })
+        .collect();
+    Ok(Outcome::Done(Box::new(PruneReport {
+        cache_dir: JsonPath(cache.canonical.clone()),
+        dry_run: settings.dry_run,
+        removed: totals,
+        removed_entries: removed,
+        kept_in_use,
+        kept,
+        processes: Some(usage.summary.clone()),
+        lock: Some(mode),
+        errors,
+    })))
+}
+
+fn add_totals(totals: &mut Totals, counts: &Counts) {
+    totals.entries += 1;
+    totals.files += counts.files;
+    totals.dirs += counts.dirs;
+    totals.bytes += counts.bytes;
+}
+
+/// Every in-use entry and its closure, protected.
+fn protect_from(usage: &Usage) -> Protect {
+    let mut protect = Protect::default();
+    for entry in usage.all_entries() {
+        protect.add(entry.clone(), KeepReason::InUse);
+    }
+    protect
+}
+
+/// Protections that apply only while other uv processes may be writing: young entries and
+/// entries whose own lock is held.
+fn concurrent_protect(root: &Path, _usage: &Usage, grace: Duration, protect: &mut Protect) {
+    let now = SystemTime::now();
+    let young = |path: &Path| -> bool {
+        let Ok(meta) = path.symlink_metadata() else { return false };
+        use std::os::unix::fs::MetadataExt;
+        let changed = meta.mtime().max(meta.ctime());
+        let changed = SystemTime::UNIX_EPOCH + Duration::from_secs(changed.max(0) as u64);
+        now.duration_since(changed).map_or(true, |age| age < grace)
+    };
+    let Ok(top) = std::fs::read_dir(root) else { return };
+    for entry in top.flatten() {
+        let name = PathBuf::from(entry.file_name());
+        let is_tmp = name.to_string_lossy().starts_with(".tmp");
+        if is_tmp && young(&root.join(&name)) {
+            protect.add(name.clone(), KeepReason::Young);
+        }
+        let bucket = name.to_string_lossy().to_string();
+        if !(bucket.starts_with("archive-v")
+            || bucket.starts_with("builds-v")
+            || bucket.starts_with("environments-v"))
+        {
+            continue;
+        }
+        let Ok(children) = std::fs::read_dir(root.join(&name)) else { continue };
+        for child in children.flatten() {
+            let rel = name.join(child.file_name());
+            if young(&root.join(&rel)) {
+                protect.add(rel, KeepReason::Young);
+            } else if rel.extension().is_some_and(|e| e == "lock") && !lock::entry_lock_free(&root.join(&rel))
+            {
+                protect.add(rel, KeepReason::Locked);
+            }
+        }
+    }
+}
+
+/// Add a later scan's findings to an earlier one.
+fn merge_usage(usage: &mut Usage, again: Usage) {
+    for (entry, holders) in again.direct {
+        let list = usage.direct.entry(entry).or_default();
+        for h in holders {
+            if !list.contains(&h) {
+                list.push(h);
+            }
+        }
+    }
+    for (entry, via) in again.closure {
+        usage.closure.entry(entry).or_insert(via);
+    }
+    usage.summary = again.summary;
+}
+
+/// `--strict`: no deletion while a process that could reach the cache is uninspectable.
+fn strict_check(settings: &Settings, cache: &Cache, usage: &Usage) -> Result<(), Fatal> {
+    if !settings.strict {
+        return Ok(());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&cache.canonical).map(|m| m.uid()).unwrap_or(0);
+    let relevant: Vec<String> = usage
+        .summary
+        .uninspectable
+        .iter()
+        .filter(|u| u.uid.is_none_or(|uid| uid == 0 || uid == owner))
+        .map(|u| format!("{} ({})", u.pid, u.command))
+        .collect();
+    if relevant.is_empty() && usage.summary.hidden.is_none() {
+        return Ok(());
+    }
+    let what = if relevant.is_empty() {
+        usage.summary.hidden.clone().unwrap_or_default()
+    } else {
+        relevant.join(", ")
+    };
+    Err(Fatal::Strict(format!(
+        "--strict: not removing anything: processes that could use the cache cannot be inspected: {what}; run as root to inspect them"
+    )))
+}
+
+/// Entries kept because in use, with their holders (closure entries name the in-use entry).
+fn kept_in_use(kept: &std::collections::BTreeMap<PathBuf, KeepReason>, usage: &Usage) -> Vec<KeptEntry> {
+    let in_use: BTreeSet<&PathBuf> =
+        kept.iter().filter(|(_, w)| **w == KeepReason::InUse).map(|(p, _)| p).collect();
+    in_use
+        .into_iter()
+        .map(|rel| {
+            if let Some(holders) = usage.direct.get(rel) {
+                KeptEntry { path: JsonPath(rel.clone()), holders: holders.clone(), via: None }
+            } else {
+                let via = usage.closure.get(rel).cloned().unwrap_or_default();
+                let holders = usage.direct.get(&via).cloned().unwrap_or_default();
+                KeptEntry { path: JsonPath(rel.clone()), holders, via: Some(JsonPath(via)) }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,287 @@
+//! What the user sees: uv's stderr lines (byte-for-byte where uv prints them), our additions
+//! about kept entries, and the JSON document on stdout.
+
+use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::plan::{KeepReason, Reason};
+use crate::remove::Counts;
+use crate::usage::{Holder, ProcessSummary};
+
+/// uv's `human_readable_bytes` with `{:.1}` (uv-console `lib.rs`): `0B`, `1023B`, `1.0KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    // uv rounds with a margin of half the last printed digit, so 1023.96KiB prints 1.0MiB.
+    let margin = 0.05;
+    let mut quantity = bytes as f64;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if 1024.0 - quantity > margin {
+            break;
+        }
+        quantity /= 1024.0;
+        unit = next;
+    }
+    format!("{quantity:.1}{unit}")
+}
+
+/// uv's `user_display`: an absolute path below the working directory is shown relative to
+/// it; control characters are escaped so a hostile name cannot rewrite the terminal.
+pub fn user_display(path: &Path, cwd: &Path) -> String {
+    let shown = if path.is_absolute() && cwd.parent().is_some() {
+        match path.strip_prefix(cwd) {
+            Ok(rest) if rest.as_os_str().is_empty() => Path::new("."),
+            Ok(rest) => rest,
+            Err(_) => path,
+        }
+    } else {
+        path
+    };
+    escape(shown)
+}
+
+/// A path for a terminal: lossy UTF-8, control characters as `\n`, `\x1b`, ...
+pub fn escape(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// uv's `print_removal_summary` line.
+pub fn summary_line(counts: &Counts, empty: &str, verb: &str) -> String {
+    let head = match (counts.files, counts.dirs) {
+        (0, 0) => return empty.to_string(),
+        (0, 1) => format!("{verb} 1 directory"),
+        (0, dirs) => format!("{verb} {dirs} directories"),
+        (1, _) => format!("{verb} 1 file"),
+        (files, _) => format!("{verb} {files} files"),
+    };
+    format!("{head} ({})", human_bytes(counts.bytes))
+}
+
+/// A path relative to the cache root, for JSON: a string when UTF-8, else `{"bytes": b64}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JsonPath(pub PathBuf);
+
+impl Serialize for JsonPath {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.to_str() {
+            Some(text) => s.serialize_str(text),
+            None => {
+                let mut map = s.serialize_map(Some(1))?;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(self.0.as_os_str().as_bytes());
+                map.serialize_entry("bytes", &b64)?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// One removed (or, in a dry run, removable) entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemovedEntry {
+    pub path: JsonPath,
+    pub reason: Reason,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+}
+
+/// One entry kept because it is in use.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptEntry {
+    pub path: JsonPath,
+    pub holders: Vec<Holder>,
+    /// For an entry kept only because an in-use entry needs it (a link to it, the base of an
+    /// overlay), the in-use entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<JsonPath>,
+}
+
+/// An entry kept for another reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptOther {
+    pub path: JsonPath,
+    pub reason: KeepReason,
+}
+
+/// A failure that did not stop the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<JsonPath>,
+    pub message: String,
+}
+
+/// Totals of the removal.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Totals {
+    pub entries: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+}
+
+/// Everything a prune run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub cache_dir: JsonPath,
+    pub dry_run: bool,
+    pub removed: Totals,
+    pub removed_entries: Vec<RemovedEntry>,
+    pub kept_in_use: Vec<KeptEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptOther>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<ProcessSummary>,
+    /// How the run coexisted with uv: `exclusive` (held uv's lock), `concurrent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
+    pub errors: Vec<ErrorEntry>,
+}
+
+impl PruneReport {
+    /// Totals as uv's `Removal` counts.
+    pub fn counts(&self) -> Counts {
+        Counts { files: self.removed.files, dirs: self.removed.dirs, bytes: self.removed.bytes }
+    }
+}
+
+/// The lines printed after uv's summary: what was kept in use, and why (with `-v`, who).
+pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
+    let mut out = String::new();
+    let n = report.kept_in_use.len();
+    if n > 0 {
+        let entries = if n == 1 { "entry" } else { "entries" };
+        let verb = if report.dry_run { "Would keep" } else { "Kept" };
+        let direct: Vec<&KeptEntry> = report.kept_in_use.iter().filter(|k| k.via.is_none()).collect();
+        let pids: std::collections::BTreeSet<u32> =
+            direct.iter().flat_map(|k| k.holders.iter().map(|h| h.pid)).collect();
+        let _ = writeln!(
+            out,
+            "{verb} {n} {entries} in use by {} running process{}",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" }
+        );
+        if verbose > 0 {
+            for k in &report.kept_in_use {
+                let _ = writeln!(out, "  {}", escape(&k.path.0));
+                if let Some(via) = &k.via {
+                    let _ = writeln!(out, "    needed by {}", escape(&via.0));
+                    continue;
+                }
+                for h in &k.holders {
+                    let host = h.host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "    pid {} ({}, user {}{host}): {} {}",
+                        h.pid,
+                        h.command,
+                        h.user,
+                        h.evidence,
+                        escape(Path::new(&h.detail))
+                    );
+                }
+            }
+        }
+    }
+    if verbose > 0 {
+        for k in &report.kept {
+            let why = match k.reason {
+                KeepReason::InUse => "in use",
+                KeepReason::Young => "younger than the grace period",
+                KeepReason::Locked => "its lock is held by a uv process",
+                KeepReason::NewerBucket => "written by a newer uv",
+            };
+            let _ = writeln!(out, "Kept {}: {why}", escape(&k.path.0));
+        }
+    }
+    out
+}
+
+/// The warning about processes that could not be inspected.
+pub fn uninspectable_lines(summary: &ProcessSummary) -> String {
+    let mut out = String::new();
+    if let Some(hidden) = &summary.hidden {
+        let _ = writeln!(out, "warning: {hidden}");
+    }
+    let n = summary.uninspectable.len();
+    if n == 0 {
+        return out;
+    }
+    let names: Vec<String> =
+        summary.uninspectable.iter().take(5).map(|u| format!("{} ({})", u.pid, u.command)).collect();
+    let more = if n > 5 { format!(", and {} more", n - 5) } else { String::new() };
+    let _ = writeln!(
+        out,
+        "warning: {n} process{} could not be inspected ({}{more}); entries only they use cannot be seen. Run as root to include other users' processes, or pass --strict to remove nothing in that case",
+        if n == 1 { "" } else { "es" },
+        names.join(", ")
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_like_uv() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1024), "1.0KiB");
+        assert_eq!(human_bytes(8192), "8.0KiB");
+        assert_eq!(human_bytes(69_632), "68.0KiB");
+        assert_eq!(human_bytes(465 * 1024 * 1024 + 600 * 1024), "465.6MiB");
+        // Just below 1 MiB rounds up into the next unit, as uv's margin does.
+        assert_eq!(human_bytes(1024 * 1024 - 10), "1.0MiB");
+    }
+
+    #[test]
+    fn summary_lines_like_uv() {
+        let c = |files, dirs, bytes| Counts { files, dirs, bytes };
+        assert_eq!(
+            summary_line(&c(0, 0, 0), "No unused entries found", "Removed"),
+            "No unused entries found"
+        );
+        assert_eq!(summary_line(&c(0, 1, 0), "", "Removed"), "Removed 1 directory (0B)");
+        assert_eq!(summary_line(&c(0, 3, 0), "", "Removed"), "Removed 3 directories (0B)");
+        assert_eq!(summary_line(&c(1, 5, 8192), "", "Removed"), "Removed 1 file (8.0KiB)");
+        assert_eq!(summary_line(&c(91, 5, 204_800), "", "Removed"), "Removed 91 files (200.0KiB)");
+    }
+
+    #[test]
+    fn display_relative_to_cwd() {
+        let cwd = Path::new("/tmp/lab");
+        assert_eq!(user_display(Path::new("/tmp/lab/lk1"), cwd), "lk1");
+        assert_eq!(user_display(Path::new("/tmp/lab"), cwd), ".");
+        assert_eq!(user_display(Path::new("/other/c"), cwd), "/other/c");
+        assert_eq!(user_display(Path::new("./rel2"), cwd), "./rel2");
+        assert_eq!(user_display(Path::new("/tmp/a\nb"), cwd), "/tmp/a\\nb");
+        assert_eq!(user_display(Path::new("/x/y"), Path::new("/")), "/x/y");
+    }
+
+    #[test]
+    fn non_utf8_paths_round_trip_as_base64() {
+        use std::ffi::OsStr;
+        let p = JsonPath(PathBuf::from(OsStr::from_bytes(b"archive-v0/\xff")));
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"bytes":"YXJjaGl2ZS12MC//"}"#);
+        let p = JsonPath(PathBuf::from("archive-v0/x"));
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#""archive-v0/x""#);
+    }
+}

@@ -1,0 +1,572 @@
+//! Which cache entries running processes use: from the platform scan's raw evidence to
+//! entries, holders and the closure of what those entries need.
+//!
+//! A path counts when it lies under any *spelling* of the cache root: the path as configured,
+//! its canonical form, and every bind-mount alias found in `/proc/self/mountinfo` (a bind
+//! mount of the cache, or of one entry, elsewhere). Evidence the scan caught only by device
+//! and inode (a process in another mount namespace) is resolved with one walk of the cache.
+//! Matching is byte-exact prefix comparison; nothing is parsed as a pattern.
+//!
+//! An entry in use is kept together with its closure: the `environments-v2` links (and other
+//! links) that reach it, so the running tool's environment stays reusable; the environments a
+//! `uv run --with` overlay extends (`pyvenv.cfg`, `_uv_ephemeral_overlay.pth`); and every
+//! entry a symlink inside it points into (symlink link-mode venvs).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use platform::{Device, Evidence, ScanReport, ScanRequest, Source};
+use serde::Serialize;
+
+use crate::layout::{self, TopLevel};
+
+/// One spelling of (a part of) the cache: a path under `prefix` is `rel` joined with the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spelling {
+    pub prefix: Vec<u8>,
+    pub rel: PathBuf,
+}
+
+/// A process holding an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub command: String,
+    pub user: String,
+    /// `exe`, `cwd`, `root`, `thread-cwd`, `fd`, `map`, `environ`, `cmdline`.
+    pub evidence: &'static str,
+    pub detail: String,
+    /// The host, for holders published by another host's agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// A process that could not be inspected, for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UninspectableProcess {
+    pub pid: u32,
+    pub command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    pub reason: String,
+}
+
+/// The scan's bookkeeping, reported as `"processes"` in JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessSummary {
+    pub scanned: usize,
+    pub gone: usize,
+    pub uninspectable: Vec<UninspectableProcess>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<String>,
+}
+
+/// What the scan found, mapped to entries.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Entries with direct evidence, with their holders.
+    pub direct: BTreeMap<PathBuf, Vec<Holder>>,
+    /// Entries needed by an in-use entry, with the in-use entry that needs them.
+    pub closure: BTreeMap<PathBuf, PathBuf>,
+    pub summary: ProcessSummary,
+    /// Command lines of running `uv`/`uvx` processes (pid, argv).
+    pub uv_commands: Vec<(u32, Vec<Vec<u8>>)>,
+}
+
+impl Usage {
+    /// Every entry to keep (direct and closure).
+    pub fn all_entries(&self) -> impl Iterator<Item = &PathBuf> {
+        self.direct.keys().chain(self.closure.keys())
+    }
+}
+
+/// The cache as the scan needs it.
+pub struct CacheView<'a> {
+    /// Canonical root.
+    pub root: &'a Path,
+    /// Every spelling, longest prefix first.
+    pub spellings: Vec<Spelling>,
+    pub device: Option<Device>,
+}
+
+impl<'a> CacheView<'a> {
+    /// Spellings of `root` (canonical) as `configured` (absolute) and through mounts.
+    pub fn new(root: &'a Path, configured: &Path, mountinfo: Option<&[u8]>) -> Self {
+        let mut spellings = vec![
+            Spelling { prefix: root.as_os_str().as_bytes().to_vec(), rel: PathBuf::new() },
+            Spelling { prefix: normalize(configured).as_os_str().as_bytes().to_vec(), rel: PathBuf::new() },
+        ];
+        let device = std::fs::metadata(root).ok().map(|m| device_of(m.dev()));
+        if let (Some(info), Some(dev)) = (mountinfo, device) {
+            spellings.extend(mount_aliases(root, dev, info));
+        }
+        spellings.retain(|s| s.prefix.len() > 1);
+        spellings.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then(a.prefix.cmp(&b.prefix)));
+        spellings.dedup();
+        Self { root, spellings, device }
+    }
+
+    /// The cache-relative path of an absolute path, through any spelling.
+    pub fn relative(&self, path: &[u8]) -> Option<PathBuf> {
+        let s = self.spellings.iter().find(|s| platform::under_root(path, &s.prefix))?;
+        let rest = &path[s.prefix.len()..];
+        let rest = Path::new(OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest)));
+        // `..` in a process's path (argv, environ) must not climb out of an entry.
+        let mut rel = s.rel.clone();
+        for c in rest.components() {
+            match c {
+                Component::Normal(n) => rel.push(n),
+                Component::CurDir => {}
+                _ => return None,
+            }
+        }
+        Some(rel)
+    }
+
+    /// The entry containing cache-relative `rel` (None for the root and marker files).
+    pub fn entry_of(&self, rel: &Path) -> Option<PathBuf> {
+        let comps: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
+        let top = comps.first()?;
+        let family = match layout::classify(top) {
+            TopLevel::Marker => return None,
+            TopLevel::Current(f) | TopLevel::Older(f, _) | TopLevel::Newer(f, _) => Some(f),
+            TopLevel::UnknownBucket | TopLevel::Other => None,
+        };
+        let is_venv =
+            || comps.len() >= 2 && self.root.join(comps[0]).join(comps[1]).join("pyvenv.cfg").is_file();
+        let depth = layout::entry_depth(family, &comps, is_venv).min(comps.len());
+        Some(comps[..depth].iter().collect())
+    }
+
+    /// The scan request for this cache.
+    pub fn request(&self, proc_root: &Path) -> ScanRequest {
+        let mut roots: Vec<Vec<u8>> = self.spellings.iter().map(|s| s.prefix.clone()).collect();
+        roots.sort();
+        roots.dedup();
+        ScanRequest {
+            roots,
+            devices: self.device.into_iter().collect(),
+            proc_root: proc_root.to_path_buf(),
+            skip_pids: Vec::new(),
+            argv_of: vec![b"uv".to_vec(), b"uvx".to_vec()],
+            threads: 0,
+        }
+    }
+}
+
+/// `st_dev` split the way the kernel prints it in mountinfo and maps.
+pub fn device_of(dev: u64) -> Device {
+    #[cfg(target_os = "linux")]
+    {
+        Device { major: rustix::fs::major(dev), minor: rustix::fs::minor(dev) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Device { major: ((dev >> 24) & 0xff) as u32, minor: (dev & 0xff_ffff) as u32 }
+    }
+}
+
+/// Lexically normalize an absolute path (`.` removed, `..` applied).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Undo mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` `\`).
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\'
+            && i + 3 < field.len()
+            && field[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (field[i + 1] - b'0') as u32 * 64
+                + (field[i + 2] - b'0') as u32 * 8
+                + (field[i + 3] - b'0') as u32;
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+/// One mountinfo line: (device, root within the filesystem, mount point).
+fn parse_mount_line(line: &[u8]) -> Option<(Device, Vec<u8>, Vec<u8>)> {
+    let mut fields = line.split(|&b| b == b' ');
+    let _id = fields.next()?;
+    let _parent = fields.next()?;
+    let dev = std::str::from_utf8(fields.next()?).ok()?;
+    let (major, minor) = dev.split_once(':')?;
+    let device = Device { major: major.parse().ok()?, minor: minor.parse().ok()? };
+    let root = unescape_mountinfo(fields.next()?);
+    let mount_point = unescape_mountinfo(fields.next()?);
+    Some((device, root, mount_point))
+}
+
+/// Aliases of the cache (or of parts of it) through other mounts of its filesystem.
+pub fn mount_aliases(canonical: &Path, device: Device, mountinfo: &[u8]) -> Vec<Spelling> {
+    let canonical = canonical.as_os_str().as_bytes();
+    let mounts: Vec<_> = mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(parse_mount_line)
+        .filter(|(d, _, _)| *d == device)
+        .collect();
+    // The mount through which we see the cache: the longest mount point containing it.
+    let Some((_, host_root, host_mp)) = mounts
+        .iter()
+        .filter(|(_, _, mp)| platform::under_root(canonical, trim_slash(mp)))
+        .max_by_key(|(_, _, mp)| mp.len())
+    else {
+        return Vec::new();
+    };
+    // The cache's path inside its filesystem.
+    let mut fs_path = trim_slash(host_root).to_vec();
+    fs_path.extend_from_slice(&canonical[trim_slash(host_mp).len()..]);
+    let mut out = Vec::new();
+    for (_, root, mp) in &mounts {
+        let (root, mp) = (trim_slash(root), trim_slash(mp));
+        if platform::under_root(&fs_path, root) {
+            let mut prefix = mp.to_vec();
+            prefix.extend_from_slice(&fs_path[root.len()..]);
+            out.push(Spelling { prefix, rel: PathBuf::new() });
+        } else if platform::under_root(root, &fs_path) {
+            let rest = &root[fs_path.len()..];
+            let rel = PathBuf::from(OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest)));
+            out.push(Spelling { prefix: mp.to_vec(), rel });
+        }
+    }
+    out
+}
+
+/// `/` stays `` so that joining works; other paths lose a trailing slash.
+fn trim_slash(p: &[u8]) -> &[u8] {
+    p.strip_suffix(b"/").unwrap_or(p)
+}
+
+/// Uid → user name, from `/etc/passwd` (read once).
+pub fn user_names() -> HashMap<u32, String> {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid = f.nth(1)?.parse().ok()?;
+            Some((uid, name.to_string()))
+        })
+        .collect()
+}
+
+/// The `detail` text of one piece of evidence.
+fn detail(ev: &Evidence) -> String {
+    let path = String::from_utf8_lossy(&ev.path);
+    match ev.source {
+        Source::Environ => format!("{}={path}", ev.detail),
+        _ if ev.detail.is_empty() => path.into_owned(),
+        _ => format!("{} {path}", ev.detail),
+    }
+}
+
+/// Map a scan to entries. `inode_index` resolves evidence caught only by device and inode.
+pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
+    let users = user_names();
+    let user = |uid: u32| users.get(&uid).cloned().unwrap_or_else(|| uid.to_string());
+    let mut usage = Usage {
+        summary: ProcessSummary {
+            scanned: report.scanned,
+            gone: report.gone,
+            uninspectable: report
+                .uninspectable
+                .iter()
+                .map(|u| UninspectableProcess {
+                    pid: u.pid,
+                    command: u.command.clone(),
+                    uid: u.uid,
+                    reason: u.reason.clone(),
+                })
+                .collect(),
+            hidden: report.hidden.clone(),
+        },
+        ..Usage::default()
+    };
+    let wanted_inodes: HashSet<(Device, u64)> = report
+        .processes
+        .iter()
+        .flat_map(|p| p.evidence.iter())
+        .filter(|e| !e.by_path)
+        .filter_map(|e| e.dev_ino)
+        .collect();
+    let inodes = if wanted_inodes.is_empty() { HashMap::new() } else { inode_index(view, &wanted_inodes) };
+    for process in &report.processes {
+        let is_uv = process
+            .argv
+            .first()
+            .map(|a0| a0.rsplit(|&b| b == b'/').next().unwrap_or(a0))
+            .is_some_and(|base| base == b"uv" || base == b"uvx");
+        if is_uv {
+            usage.uv_commands.push((process.pid, process.argv.clone()));
+        }
+        let mut seen = BTreeSet::new();
+        for ev in &process.evidence {
+            let entry = if ev.by_path {
+                view.relative(&ev.path).and_then(|rel| view.entry_of(&rel))
+            } else {
+                ev.dev_ino.and_then(|k| inodes.get(&k).cloned())
+            };
+            let Some(entry) = entry else { continue };
+            // One line per process, entry and kind of evidence is enough to explain.
+            if !seen.insert((entry.clone(), ev.source)) {
+                continue;
+            }
+            usage.direct.entry(entry).or_default().push(Holder {
+                pid: process.pid,
+                command: process.command.clone(),
+                user: user(process.uid),
+                evidence: ev.source.as_str(),
+                detail: detail(ev),
+                host: None,
+            });
+        }
+    }
+    usage.closure = closure(view, usage.direct.keys().cloned().collect());
+    usage
+}
+
+/// Walk the cache once (never following links) to find the entries of wanted inodes.
+fn inode_index(view: &CacheView<'_>, wanted: &HashSet<(Device, u64)>) -> HashMap<(Device, u64), PathBuf> {
+    let mut found = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(view.root.join(&rel)) else { continue };
+        for entry in entries.flatten() {
+            let child = rel.join(entry.file_name());
+            let Ok(meta) = entry.metadata() else { continue };
+            let key = (device_of(meta.dev()), meta.ino());
+            if wanted.contains(&key) {
+                if let Some(e) = view.entry_of(&child) {
+                    found.insert(key, e);
+                }
+            }
+            if meta.is_dir() {
+                stack.push(child);
+            }
+        }
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    found
+}
+
+/// Links below these directories can reference archives.
+const LINK_HOLDERS: [&str; 1] = ["environments-v2"];
+
+/// Entries that the given in-use entries need, each with the in-use entry that needs it.
+pub fn closure(view: &CacheView<'_>, start: Vec<PathBuf>) -> BTreeMap<PathBuf, PathBuf> {
+    let direct: BTreeSet<PathBuf> = start.iter().cloned().collect();
+    let mut out = BTreeMap::new();
+    let mut links: Option<Vec<(PathBuf, PathBuf)>> = None;
+    let mut work: Vec<(PathBuf, PathBuf)> = start.into_iter().map(|e| (e.clone(), e)).collect();
+    let mut done = BTreeSet::new();
+    while let Some((entry, origin)) = work.pop() {
+        if !done.insert(entry.clone()) {
+            continue;
+        }
+        let mut add = |needed: PathBuf, work: &mut Vec<(PathBuf, PathBuf)>| {
+            if needed != entry && !direct.contains(&needed) && !out.contains_key(&needed) {
+                out.insert(needed.clone(), origin.clone());
+                work.push((needed, origin.clone()));
+            }
+        };
+        let abs = view.root.join(&entry);
+        // Links elsewhere in the cache that reach this entry.
+        let links = links.get_or_insert_with(|| cache_links(view));
+        if let Ok(canonical) = std::fs::canonicalize(&abs) {
+            for (link, target) in links.iter() {
+                if *target == canonical || target.starts_with(&canonical) {
+                    if let Some(e) = view.entry_of(link) {
+                        add(e, &mut work);
+                    }
+                    let mut lock = link.clone().into_os_string();
+                    lock.push(".lock");
+                    add(PathBuf::from(lock), &mut work);
+                }
+            }
+        }
+        for needed in needs(view, &abs) {
+            add(needed, &mut work);
+        }
+    }
+    // A `.lock` sibling that does not exist needs no keeping.
+    out.retain(|rel, _| view.root.join(rel).symlink_metadata().is_ok());
+    out
+}
+
+/// Every symlink in the link-holding buckets, with its canonical target.
+fn cache_links(view: &CacheView<'_>) -> Vec<(PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = LINK_HOLDERS.iter().map(PathBuf::from).collect();
+    while let Some(rel) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(view.root.join(&rel)) else { continue };
+        for entry in entries.flatten() {
+            let child = rel.join(entry.file_name());
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_symlink() {
+                if let Ok(target) = std::fs::canonicalize(view.root.join(&child)) {
+                    out.push((child, target));
+                }
+            } else if kind.is_dir() && child.components().count() < 3 {
+                stack.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Entries that the entry at `abs` points into: `pyvenv.cfg` values, overlay `.pth` lines,
+/// the target of the entry itself when it is a link, and symlinks inside it.
+fn needs(view: &CacheView<'_>, abs: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<Vec<u8>> = Vec::new();
+    let Ok(meta) = abs.symlink_metadata() else { return Vec::new() };
+    if meta.file_type().is_symlink() {
+        if let Ok(target) = std::fs::canonicalize(abs) {
+            paths.push(target.into_os_string().into_vec());
+        }
+    } else if meta.is_dir() {
+        if let Ok(cfg) = std::fs::read(abs.join("pyvenv.cfg")) {
+            for line in cfg.split(|&b| b == b'\n') {
+                if let Some(eq) = line.iter().position(|&b| b == b'=') {
+                    paths.push(trim(&line[eq + 1..]).to_vec());
+                }
+            }
+        }
+        for pth in overlay_pth_files(abs) {
+            if let Ok(text) = std::fs::read(&pth) {
+                paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec()));
+            }
+        }
+        symlinks_inside(abs, &mut paths);
+    }
+    paths.iter().filter_map(|p| view.relative(p)).filter_map(|rel| view.entry_of(&rel)).collect()
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+/// `lib/python*/site-packages/_uv_ephemeral_overlay.pth` (and `Lib/site-packages` layouts).
+fn overlay_pth_files(venv: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
+        for e in entries.flatten() {
+            let p = e.path().join("site-packages").join("_uv_ephemeral_overlay.pth");
+            if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Absolute targets of symlinks inside `dir` (bounded walk, links not followed).
+fn symlinks_inside(dir: &Path, out: &mut Vec<Vec<u8>>) {
+    // A venv has a few thousand files; the bound only guards against pathological trees.
+    let mut budget = 200_000usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                return;
+            }
+            let Ok(kind) = e.file_type() else { continue };
+            let path = e.path();
+            if kind.is_symlink() {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    let abs = if target.is_absolute() { target } else { d.join(target) };
+                    out.push(normalize(&abs).into_os_string().into_vec());
+                }
+            } else if kind.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &[u8] = b"22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+35 22 254:0 /home/u/.cache/uv /mnt/cache rw - ext4 /dev/vda rw\n\
+36 22 254:0 /home/u/.cache/uv/archive-v0/abc /srv/tool\\040env rw - ext4 /dev/vda rw\n\
+37 22 0:5 / /proc rw - proc proc rw\n";
+
+    #[test]
+    fn bind_mount_aliases_from_mountinfo() {
+        let dev = Device { major: 254, minor: 0 };
+        let aliases = mount_aliases(Path::new("/home/u/.cache/uv"), dev, MOUNTINFO);
+        assert!(aliases.contains(&Spelling { prefix: b"/home/u/.cache/uv".to_vec(), rel: PathBuf::new() }));
+        assert!(aliases.contains(&Spelling { prefix: b"/mnt/cache".to_vec(), rel: PathBuf::new() }));
+        assert!(aliases
+            .contains(&Spelling { prefix: b"/srv/tool env".to_vec(), rel: PathBuf::from("archive-v0/abc") }));
+        assert_eq!(aliases.len(), 3);
+    }
+
+    #[test]
+    fn relative_through_spellings_and_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::create_dir_all(root.join("environments-v2/script-x")).unwrap();
+        std::fs::write(root.join("environments-v2/script-x/pyvenv.cfg"), "").unwrap();
+        let mut view = CacheView::new(&root, Path::new("/configured/uv/."), None);
+        view.spellings.push(Spelling { prefix: b"/srv/tool".to_vec(), rel: PathBuf::from("archive-v0/abc") });
+        let rel = view.relative(b"/configured/uv/archive-v0/X/bin").unwrap();
+        assert_eq!(view.entry_of(&rel), Some(PathBuf::from("archive-v0/X")));
+        let rel = view.relative(b"/srv/tool/lib/x.so").unwrap();
+        assert_eq!(view.entry_of(&rel), Some(PathBuf::from("archive-v0/abc")));
+        assert_eq!(view.relative(b"/configured/uvx/archive-v0/X"), None);
+        assert_eq!(view.relative(b"/configured/uv/archive-v0/X/../../../etc"), None);
+        let entry = |p: &str| view.entry_of(Path::new(p)).map(|e| e.display().to_string());
+        assert_eq!(
+            entry("environments-v2/8b0c/f444/bin/python").as_deref(),
+            Some("environments-v2/8b0c/f444")
+        );
+        assert_eq!(entry("environments-v2/script-x/bin/python").as_deref(), Some("environments-v2/script-x"));
+        assert_eq!(entry("builds-v0/.tmpAb/lib").as_deref(), Some("builds-v0/.tmpAb"));
+        assert_eq!(entry("wheels-v7/pypi/a/1.0-py3-none-any").as_deref(), Some("wheels-v7/pypi/a"));
+        assert_eq!(entry("binaries-v0/ruff/0.1/x86/ruff").as_deref(), Some("binaries-v0/ruff/0.1"));
+        assert_eq!(entry(".tmpXyz/file").as_deref(), Some(".tmpXyz"));
+        assert_eq!(entry(".lock"), None);
+        assert_eq!(entry(""), None);
+    }
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo(b"a\\040b\\011c\\012d\\134e"), b"a b\tc\nd\\e");
+        assert_eq!(unescape_mountinfo(b"trailing\\04"), b"trailing\\04");
+        assert_eq!(unescape_mountinfo(b"\\777"), b"\\777");
+    }
+}
