@@ -131,17 +131,31 @@ pub struct Options {
 
 /// Build the plan for the cache at `root` (absolute, canonical).
 pub fn plan(root: &Path, options: Options, protect: &Protect) -> Plan {
-    let mut planner = Planner { root, protect, plan: Plan::default(), doomed: HashSet::new() };
+    let mut planner = Planner::new(root, protect);
     planner.run(options);
-    planner.plan
+    planner.finish()
 }
 
-struct Planner<'a> {
+/// Builds a plan target by target, splitting removal units around protected paths. Other
+/// commands (`clean`) use it to get the same guarantees as prune.
+pub struct Planner<'a> {
     root: &'a Path,
     protect: &'a Protect,
     plan: Plan,
     /// Every planned target, for skipping removed subtrees when looking for references.
     doomed: HashSet<PathBuf>,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for the cache at `root` (absolute, canonical).
+    pub fn new(root: &'a Path, protect: &'a Protect) -> Self {
+        Planner { root, protect, plan: Plan::default(), doomed: HashSet::new() }
+    }
+
+    /// The finished plan.
+    pub fn finish(self) -> Plan {
+        self.plan
+    }
 }
 
 impl Planner<'_> {
@@ -191,7 +205,7 @@ impl Planner<'_> {
     }
 
     /// True when `rel` or one of its ancestors is already planned for removal.
-    fn is_doomed(&self, rel: &Path) -> bool {
+    pub fn is_doomed(&self, rel: &Path) -> bool {
         rel.ancestors().any(|a| self.doomed.contains(a))
     }
 
@@ -200,7 +214,7 @@ impl Planner<'_> {
     }
 
     /// Consider removing `rel`; keep it, or split it around protected paths inside it.
-    fn consider(&mut self, rel: PathBuf, reason: Reason, phase: Phase) {
+    pub fn consider(&mut self, rel: PathBuf, reason: Reason, phase: Phase) {
         if let Some((kept, why)) = self.protect.covering(&rel) {
             self.plan.kept.insert(kept.clone(), why.clone());
             return;
