@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod concurrent;
 mod layout;
 mod locate;
 mod lock;

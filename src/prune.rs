@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use crate::concurrent;
 use crate::layout::{self, NotACache};
 use crate::locate::{self, Located};
 use crate::lock::{self, CacheLock};
@@ -140,7 +141,7 @@ pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) ->
     let options = plan::Options { ci: settings.ci };
     let mut protect = protect_from(&usage);
     if lock.concurrent() {
-        concurrent_protect(&cache.canonical, &usage, settings.grace, &mut protect);
+        concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
     }
     let mut the_plan = plan::plan(&cache.canonical, options, &protect);
     if !settings.dry_run && lock.concurrent() && !the_plan.targets.is_empty() {
@@ -149,7 +150,7 @@ pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) ->
         let again = scan(&cache, &settings.proc_root)?;
         merge_usage(&mut usage, again);
         protect = protect_from(&usage);
-        concurrent_protect(&cache.canonical, &usage, settings.grace, &mut protect);
+        concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
         the_plan = plan::plan(&cache.canonical, options, &protect);
     }
 
@@ -232,44 +233,6 @@ fn protect_from(usage: &Usage) -> Protect {
         protect.add(entry.clone(), KeepReason::InUse);
     }
     protect
-}
-
-/// Protections that apply only while other uv processes may be writing: young entries and
-/// entries whose own lock is held.
-fn concurrent_protect(root: &Path, _usage: &Usage, grace: Duration, protect: &mut Protect) {
-    let now = SystemTime::now();
-    let young = |path: &Path| -> bool {
-        let Ok(meta) = path.symlink_metadata() else { return false };
-        use std::os::unix::fs::MetadataExt;
-        let changed = meta.mtime().max(meta.ctime());
-        let changed = SystemTime::UNIX_EPOCH + Duration::from_secs(changed.max(0) as u64);
-        now.duration_since(changed).map_or(true, |age| age < grace)
-    };
-    let Ok(top) = std::fs::read_dir(root) else { return };
-    for entry in top.flatten() {
-        let name = PathBuf::from(entry.file_name());
-        let is_tmp = name.to_string_lossy().starts_with(".tmp");
-        if is_tmp && young(&root.join(&name)) {
-            protect.add(name.clone(), KeepReason::Young);
-        }
-        let bucket = name.to_string_lossy().to_string();
-        if !(bucket.starts_with("archive-v")
-            || bucket.starts_with("builds-v")
-            || bucket.starts_with("environments-v"))
-        {
-            continue;
-        }
-        let Ok(children) = std::fs::read_dir(root.join(&name)) else { continue };
-        for child in children.flatten() {
-            let rel = name.join(child.file_name());
-            if young(&root.join(&rel)) {
-                protect.add(rel, KeepReason::Young);
-            } else if rel.extension().is_some_and(|e| e == "lock") && !lock::entry_lock_free(&root.join(&rel))
-            {
-                protect.add(rel, KeepReason::Locked);
-            }
-        }
-    }
 }
 
 /// Add a later scan's findings to an earlier one.

@@ -1,0 +1,277 @@
+//! Protections for pruning *beside* running uv processes (uv's cache lock is held by others).
+//!
+//! uv's own prune is race-free only because it holds the lock exclusively; while any uv
+//! process runs (a `uvx` parent holds it shared for its child's whole life) uv's prune waits up
+//! to five minutes. We do not wait; instead nothing a live uv process could be writing or be
+//! about to use is removed:
+//! - anything younger than the grace period by `max(ctime, mtime)`: `archive-v0/*` (ctime is
+//!   the rename into the bucket, research §5), `builds-v0/*`, `environments-v2/*` and its
+//!   links, top-level `.tmp*`, and `.tmp*` inside any bucket;
+//! - anything whose own `.lock` a uv process holds (it is being built or published);
+//! - cached environments whose requested distributions a live `uv tool run`, `uvx` or
+//!   `uv run --with` command names: between resolving the environment's link and starting
+//!   the tool, uv has no other visible evidence of the environment.
+//!
+//! Residual window: an environment uv resolved through a link created more than the grace
+//! period ago, for a command line we cannot parse (a package named only inside a
+//! requirements file), started in the milliseconds between our last scan and the removal.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::layout::{self, Family, TopLevel};
+use crate::lock;
+use crate::plan::{KeepReason, Protect};
+use crate::usage::Usage;
+
+/// Add every concurrent-mode protection for the cache at `root`.
+pub fn protect(root: &Path, usage: &Usage, grace: Duration, protect: &mut Protect) {
+    let now = SystemTime::now();
+    let Ok(top) = std::fs::read_dir(root) else { return };
+    for entry in top.flatten() {
+        let name = PathBuf::from(entry.file_name());
+        let family = match layout::classify(name.as_os_str()) {
+            TopLevel::Current(f) | TopLevel::Older(f, _) | TopLevel::Newer(f, _) => Some(f),
+            _ => None,
+        };
+        if family.is_none() {
+            if is_tmp(name.as_os_str()) && young(&root.join(&name), now, grace) {
+                protect.add(name, KeepReason::Young);
+            }
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let whole_entries = matches!(family, Some(Family::Archive | Family::Builds | Family::Environments));
+        scan_bucket(root, &name, whole_entries, now, grace, protect);
+    }
+    for env in requested_environments(root, &usage.uv_commands) {
+        protect.add(env, KeepReason::InUse);
+    }
+}
+
+/// Young entries and held locks inside one bucket (two levels deep: enough for
+/// `environments-v2/<digest>/<resolution>` and `wheels-v7/pypi/<name>` shards).
+fn scan_bucket(root: &Path, bucket: &Path, whole_entries: bool, now: SystemTime, grace: Duration, protect: &mut Protect) {
+    let mut stack = vec![(bucket.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(children) = std::fs::read_dir(root.join(&dir)) else { continue };
+        for child in children.flatten() {
+            let name = child.file_name();
+            let rel = dir.join(&name);
+            let abs = root.join(&rel);
+            let is_lock = Path::new(&name).extension().is_some_and(|e| e == "lock") || name == ".lock";
+            if is_lock && !lock::entry_lock_free(&abs) {
+                // `<x>.lock` guards `<x>`; `.lock` guards its directory.
+                let guarded = if name == ".lock" { dir.clone() } else { rel.with_extension("") };
+                protect.add(guarded, KeepReason::Locked);
+                protect.add(rel, KeepReason::Locked);
+                continue;
+            }
+            if (whole_entries || is_tmp(&name)) && young(&abs, now, grace) {
+                protect.add(rel.clone(), KeepReason::Young);
+            }
+            if depth < 2 && child.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((rel, depth + 1));
+            }
+        }
+    }
+}
+
+fn is_tmp(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b".tmp")
+}
+
+/// True when `path` was created or changed within `grace` (or its time is in the future).
+fn young(path: &Path, now: SystemTime, grace: Duration) -> bool {
+    let Ok(meta) = path.symlink_metadata() else { return false };
+    let changed = meta.mtime().max(meta.ctime());
+    let changed = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(changed).unwrap_or(0));
+    now.duration_since(changed).map_or(true, |age| age < grace)
+}
+
+/// Distribution names a uv command line asks for (`uvx X`, `uv tool run --from X`,
+/// `--with X`, `uv run --with X`), normalized.
+pub fn requested_names(argv: &[Vec<u8>]) -> BTreeSet<String> {
+    let args: Vec<&[u8]> = argv.iter().map(|a| a.as_slice()).collect();
+    let mut out = BTreeSet::new();
+    let Some(first) = args.first() else { return out };
+    let invoked_as_uvx = first.rsplit(|&b| b == b'/').next() == Some(b"uvx");
+    let mut i = 1;
+    // `uvx` re-executes itself as `uv tool uvx ...`.
+    let mut tool_run = invoked_as_uvx;
+    let mut saw_command = false;
+    let mut subcommand: Vec<&[u8]> = Vec::new();
+    while i < args.len() {
+        let arg = args[i];
+        let value_of = |flag: &[u8]| -> Option<&[u8]> {
+            if arg == flag {
+                args.get(i + 1).copied()
+            } else {
+                arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix(b"="))
+            }
+        };
+        if let Some(v) = value_of(b"--from").or_else(|| value_of(b"--with")).or_else(|| value_of(b"-w")) {
+            out.extend(split_requirements(v));
+            i += if arg.contains(&b'=') { 1 } else { 2 };
+            continue;
+        }
+        if arg == b"--" {
+            break;
+        }
+        if !arg.starts_with(b"-") {
+            if !tool_run && subcommand.len() < 2 {
+                subcommand.push(arg);
+                tool_run = matches!(subcommand.as_slice(), [b"tool", b"run"] | [b"tool", b"uvx"] | [b"x"]);
+                if subcommand.first() == Some(&&b"run"[..]) {
+                    // `uv run`: only `--with` names cached environments.
+                    saw_command = true;
+                }
+            } else if tool_run && !saw_command {
+                // The tool itself: `uvx black`, `uvx black@24.1`.
+                out.extend(split_requirements(arg));
+                saw_command = true;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `a,b==1.0` → `a`, `b`: the names, without versions, extras or markers.
+fn split_requirements(value: &[u8]) -> Vec<String> {
+    value
+        .split(|&b| b == b',')
+        .filter_map(|req| {
+            let end = req
+                .iter()
+                .position(|b| matches!(b, b'=' | b'<' | b'>' | b'!' | b'~' | b'[' | b'@' | b';' | b' '))
+                .unwrap_or(req.len());
+            let name = normalize_name(&req[..end]);
+            (!name.is_empty() && !name.contains('/')).then_some(name)
+        })
+        .collect()
+}
+
+/// PEP 503 normalization: lower case, runs of `-_.` become `-`.
+pub fn normalize_name(name: &[u8]) -> String {
+    let mut out = String::new();
+    let mut dash = false;
+    for &b in name {
+        if matches!(b, b'-' | b'_' | b'.') {
+            dash = true;
+            continue;
+        }
+        if dash && !out.is_empty() {
+            out.push('-');
+        }
+        dash = false;
+        out.push(char::from(b.to_ascii_lowercase()));
+    }
+    out
+}
+
+/// Requested distributions of a venv: `*.dist-info` with a `REQUESTED` marker.
+pub fn requested_in_venv(venv: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(libs) = std::fs::read_dir(venv.join("lib")) else { return out };
+    for lib in libs.flatten() {
+        let Ok(dists) = std::fs::read_dir(lib.path().join("site-packages")) else { continue };
+        for dist in dists.flatten() {
+            let name = dist.file_name();
+            let Some(stem) = name.as_bytes().strip_suffix(b".dist-info") else { continue };
+            if dist.path().join("REQUESTED").is_file() {
+                let dist_name = stem.rsplit_once_byte(b'-').map_or(stem, |(n, _)| n);
+                out.insert(normalize_name(dist_name));
+            }
+        }
+    }
+    out
+}
+
+trait RsplitOnce {
+    fn rsplit_once_byte(&self, b: u8) -> Option<(&[u8], &[u8])>;
+}
+
+impl RsplitOnce for [u8] {
+    fn rsplit_once_byte(&self, b: u8) -> Option<(&[u8], &[u8])> {
+        let i = self.iter().rposition(|&c| c == b)?;
+        Some((&self[..i], &self[i + 1..]))
+    }
+}
+
+/// Cached environments (links in `environments-v2` and their archives) whose requested
+/// distributions a live uv command asks for.
+fn requested_environments(root: &Path, commands: &[(u32, Vec<Vec<u8>>)]) -> Vec<PathBuf> {
+    let wanted: BTreeSet<String> = commands.iter().flat_map(|(_, argv)| requested_names(argv)).collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let Some(envs) = Family::Environments.current_name() else { return out };
+    let Ok(digests) = std::fs::read_dir(root.join(&envs)) else { return out };
+    for digest in digests.flatten() {
+        let Ok(links) = std::fs::read_dir(digest.path()) else { continue };
+        for link in links.flatten() {
+            let path = link.path();
+            if !link.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
+            let Ok(target) = std::fs::canonicalize(&path) else { continue };
+            if requested_in_venv(&target).is_disjoint(&wanted) {
+                continue;
+            }
+            if let (Ok(rel_link), Ok(rel_target)) = (path.strip_prefix(root), target.strip_prefix(root)) {
+                out.push(rel_link.to_path_buf());
+                out.push(rel_target.to_path_buf());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &str) -> Vec<Vec<u8>> {
+        words.split(' ').map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    fn names(words: &str) -> Vec<String> {
+        requested_names(&argv(words)).into_iter().collect()
+    }
+
+    #[test]
+    fn names_from_uv_command_lines() {
+        assert_eq!(names("/usr/bin/uv tool uvx --from sleepy==0.1 sleepy"), ["sleepy"]);
+        assert_eq!(names("uvx black@24.1 --check ."), ["black"]);
+        assert_eq!(names("uv tool run --with Rich,tqdm>=4 My_Tool --flag x"), ["my-tool", "rich", "tqdm"]);
+        assert_eq!(names("uv run --with=iniconfig python -c pass"), ["iniconfig"]);
+        assert_eq!(names("uv run script.py"), Vec::<String>::new());
+        assert_eq!(names("uv pip install numpy"), Vec::<String>::new());
+        assert_eq!(names("uv -q x ruff"), ["ruff"]);
+        assert_eq!(names("uv"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn normalization() {
+        assert_eq!(normalize_name(b"Foo__Bar.baz"), "foo-bar-baz");
+        assert_eq!(normalize_name(b"_x"), "x");
+    }
+
+    #[test]
+    fn requested_markers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sp = tmp.path().join("lib/python3.12/site-packages");
+        std::fs::create_dir_all(sp.join("Sleepy_Tool-0.2.dist-info")).unwrap();
+        std::fs::write(sp.join("Sleepy_Tool-0.2.dist-info/REQUESTED"), "").unwrap();
+        std::fs::create_dir_all(sp.join("dep-1.0.dist-info")).unwrap();
+        assert_eq!(requested_in_venv(tmp.path()).into_iter().collect::<Vec<_>>(), ["sleepy-tool"]);
+    }
+}
