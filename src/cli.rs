@@ -27,6 +27,14 @@ pub enum Command {
     Prune(PruneArgs),
     /// List the cache entries running processes use, and who uses them; removes nothing.
     InUse(InUseArgs),
+    /// Clear the cache like `uv cache clean [PACKAGE...]`, keeping every entry in use.
+    Clean(CleanArgs),
+    /// Install or remove a `uv` link to safe-prune, so `uv cache prune`/`clean` are safe.
+    Shim(ShimArgs),
+    /// Print a shell completion script for safe-prune.
+    Completions(CompletionsArgs),
+    /// Print safe-prune's man page (roff) on stdout.
+    Man,
 }
 
 /// Output format.
@@ -101,6 +109,73 @@ pub struct PruneArgs {
 pub struct InUseArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// Remove only these packages' entries (like `uv cache clean PACKAGE...`).
+    #[arg(value_name = "PACKAGE", value_parser = parse_package_name)]
+    pub packages: Vec<String>,
+
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Remove nothing while a process that could use the cache cannot be inspected.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Do not wait for uv's cache lock; accepted for compatibility with `uv cache clean`.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Wait for uv's cache lock (up to DURATION, default 5m) instead of clearing beside it.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// While other uv processes run, keep entries younger than this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShimArgs {
+    #[command(subcommand)]
+    pub action: ShimAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ShimAction {
+    /// Link DIR/uv to this safe-prune (DIR must come before the real uv on PATH).
+    Install(ShimDirArgs),
+    /// Remove DIR/uv if it is a link to safe-prune.
+    Uninstall(ShimDirArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShimDirArgs {
+    /// Directory of the `uv` link (default: ~/.local/bin).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to generate completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// A package name as uv accepts it (PEP 503 normalized: lower case, runs of `-_.` → `-`).
+pub fn parse_package_name(text: &str) -> Result<String, String> {
+    crate::clean::normalize_package_name(text).ok_or_else(|| {
+        format!(
+            "Not a valid package or extra name: \"{text}\". Names must start and end with a letter or digit and may only contain -, _, ., and alphanumeric characters."
+        )
+    })
 }
 
 /// Parse `30s`, `5m`, `12h`, `30d`, `1w`, or a bare number of seconds.

@@ -173,7 +173,15 @@ pub enum NotACache {
 ///
 /// uv itself does no check at all and, pointed at an ordinary folder, deletes everything in
 /// it but `.git`; this check is why safe-prune refuses instead.
+///
+/// A directory holding nothing but uv's `.lock` is what `uv cache clean` leaves behind: an
+/// empty cache (there is nothing to remove in it, so accepting it risks nothing).
 pub fn check_is_cache(root: &Path) -> Result<(), NotACache> {
+    let only_lock = std::fs::read_dir(root)
+        .is_ok_and(|mut entries| entries.all(|e| e.is_ok_and(|e| e.file_name() == ".lock")));
+    if only_lock {
+        return Ok(());
+    }
     let mut signature = [0u8; CACHEDIR_SIGNATURE.len()];
     let tag_ok =
         std::fs::File::open(root.join("CACHEDIR.TAG")).and_then(|mut f| f.read_exact(&mut signature)).is_ok()
@@ -269,5 +277,15 @@ mod tests {
             assert!(rodata.contains(name.as_str()) || name == "files-v0", "{name}");
         }
         assert_eq!(names.len(), 13);
+    }
+
+    #[test]
+    fn a_cleaned_cache_is_an_empty_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(check_is_cache(tmp.path()), Ok(()));
+        std::fs::write(tmp.path().join(".lock"), "").unwrap();
+        assert_eq!(check_is_cache(tmp.path()), Ok(()));
+        std::fs::write(tmp.path().join("README"), "").unwrap();
+        assert_eq!(check_is_cache(tmp.path()), Err(NotACache::NoTag));
     }
 }

@@ -5,6 +5,7 @@
 //! refused, 2 usage or fatal error).
 #![deny(unsafe_code)]
 
+mod clean;
 mod cli;
 mod concurrent;
 mod layout;
@@ -15,8 +16,10 @@ mod pointer;
 mod prune;
 mod remove;
 mod report;
+mod shim;
 mod usage;
 mod version;
+mod wrapper;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use cli::{CacheArgs, Cli, Command, Format, PruneArgs};
+use cli::{CacheArgs, CleanArgs, Cli, Command, Format, PruneArgs, ShimAction};
 
 /// Exit codes, documented in README.
 mod exit {
@@ -36,6 +39,11 @@ mod exit {
 }
 
 fn main() -> ExitCode {
+    // Installed as `uv` (or `uvx`): read uv's command line, hand everything but cache
+    // prune/clean to the real uv.
+    if let Some(invoked) = wrapper::invoked_as(std::env::args_os().next().as_deref()) {
+        return ExitCode::from(wrapper::main(invoked));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -47,6 +55,14 @@ fn main() -> ExitCode {
         None => run_prune(&cli.prune),
         Some(Command::Prune(args)) => run_prune(&args),
         Some(Command::InUse(args)) => run_in_use(&args.cache),
+        Some(Command::Clean(args)) => run_clean(&args),
+        Some(Command::Shim(args)) => run_shim(&args.action),
+        Some(Command::Completions(args)) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "safe-prune", &mut std::io::stdout());
+            exit::OK
+        }
+        Some(Command::Man) => run_man(),
     };
     ExitCode::from(code)
 }
@@ -73,7 +89,13 @@ fn fatal(message: impl std::fmt::Display) -> u8 {
 }
 
 fn run_prune(args: &PruneArgs) -> u8 {
-    let settings = prune::Settings {
+    let settings = prune_settings(args);
+    let title = if args.ci { "safe-prune --ci" } else { "safe-prune" };
+    execute(&Operation::Prune, &settings, title)
+}
+
+fn prune_settings(args: &PruneArgs) -> prune::Settings {
+    prune::Settings {
         locate: locate_inputs(&args.cache),
         ci: args.ci,
         dry_run: args.dry_run,
@@ -85,7 +107,42 @@ fn run_prune(args: &PruneArgs) -> u8 {
         quiet: args.cache.quiet,
         verbose: args.cache.verbose,
         proc_root: PathBuf::from("/proc"),
+    }
+}
+
+fn run_clean(args: &CleanArgs) -> u8 {
+    let settings = prune::Settings {
+        locate: locate_inputs(&args.cache),
+        ci: false,
+        dry_run: args.dry_run,
+        strict: args.strict,
+        force: args.force,
+        wait: args.wait,
+        grace: args.grace,
+        json: args.cache.format == Format::Json,
+        quiet: args.cache.quiet,
+        verbose: args.cache.verbose,
+        proc_root: PathBuf::from("/proc"),
     };
+    let title = if args.packages.is_empty() {
+        "safe-prune clean".to_string()
+    } else {
+        format!("safe-prune clean {}", args.packages.join(" "))
+    };
+    execute(&Operation::Clean(args.packages.clone()), &settings, &title)
+}
+
+/// A command that removes cache entries.
+enum Operation {
+    /// `uv cache prune` minus what is in use.
+    Prune,
+    /// `uv cache clean [PACKAGE...]` minus what is in use (normalized names).
+    Clean(Vec<String>),
+}
+
+/// Run a prune or clean: print uv's lines (or JSON), append the CI step summary, and map the
+/// outcome to an exit code. `title` heads the step summary.
+fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
     // Ctrl-C (or a service manager's SIGTERM) stops between entries, with a summary.
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -97,7 +154,13 @@ fn run_prune(args: &PruneArgs) -> u8 {
             eprintln!("{line}");
         }
     };
-    let outcome = match prune::run(&settings, &stop, &mut say) {
+    let (result, empty) = match op {
+        Operation::Prune => (prune::run(settings, &stop, &mut say), "No unused entries found"),
+        Operation::Clean(packages) => {
+            (clean::run(settings, packages, &stop, &mut say), "No cache entries found")
+        }
+    };
+    let outcome = match result {
         Ok(outcome) => outcome,
         Err(prune::Fatal::Strict(message)) => {
             eprintln!("error: {message}");
@@ -112,6 +175,7 @@ fn run_prune(args: &PruneArgs) -> u8 {
             } else if !settings.quiet {
                 eprintln!("No cache found at: {display}");
             }
+            append_step_summary(&report::step_summary_no_cache(title, &display));
             return exit::OK;
         }
         prune::Outcome::Done(report) => report,
@@ -121,8 +185,9 @@ fn run_prune(args: &PruneArgs) -> u8 {
         let _ = serde_json::to_writer(&mut out, &report);
         let _ = writeln!(out);
     } else if !settings.quiet {
-        print_human(&report, settings.verbose);
+        print_human(&report, settings.verbose, empty);
     }
+    append_step_summary(&report::step_summary(title, &report));
     if report.errors.is_empty() {
         exit::OK
     } else {
@@ -130,7 +195,56 @@ fn run_prune(args: &PruneArgs) -> u8 {
     }
 }
 
-fn print_human(report: &report::PruneReport, verbose: u8) {
+/// In a GitHub Actions job (`GITHUB_STEP_SUMMARY` names a file), add `markdown` to the job's
+/// summary page. Failing to write it never fails the run.
+fn append_step_summary(markdown: &str) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else { return };
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(markdown.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("warning: cannot write the step summary to {}: {e}", Path::new(&path).display());
+    }
+}
+
+fn run_shim(action: &ShimAction) -> u8 {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fatal(format!("cannot find the safe-prune executable: {e}")),
+    };
+    let home = std::env::var_os("HOME");
+    let (ShimAction::Install(args) | ShimAction::Uninstall(args)) = action;
+    let dir = match shim::default_dir(args.dir.as_deref(), home.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => return fatal(e),
+    };
+    let result = match action {
+        ShimAction::Install(_) => {
+            shim::install(&dir, &exe, &std::env::var_os("PATH").unwrap_or_default()).map(|l| l.join("\n"))
+        }
+        ShimAction::Uninstall(_) => shim::uninstall(&dir, &exe),
+    };
+    match result {
+        Ok(text) => {
+            eprintln!("{text}");
+            exit::OK
+        }
+        Err(e) => fatal(e),
+    }
+}
+
+fn run_man() -> u8 {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        Ok(()) => exit::OK,
+        Err(e) => fatal(format!("cannot write the man page: {e}")),
+    }
+}
+
+fn print_human(report: &report::PruneReport, verbose: u8, empty: &str) {
     let mut err = std::io::stderr().lock();
     if verbose > 0 {
         let verb = if report.dry_run { "Would remove" } else { "Removed" };
@@ -148,7 +262,7 @@ fn print_human(report: &report::PruneReport, verbose: u8) {
         }
     }
     let verb = if report.dry_run { "Would remove" } else { "Removed" };
-    let _ = writeln!(err, "{}", report::summary_line(&report.counts(), "No unused entries found", verb));
+    let _ = writeln!(err, "{}", report::summary_line(&report.counts(), empty, verb));
     let _ = write!(err, "{}", report::kept_lines(report, verbose));
     if let Some(processes) = &report.processes {
         let _ = write!(err, "{}", report::uninspectable_lines(processes));

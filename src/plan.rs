@@ -45,6 +45,12 @@ pub enum Reason {
     UnreferencedArchive,
     /// A `files-v0` object no archive links to (link count 1), or a shard left empty.
     OrphanFile,
+    /// `clean`: any entry of the cache (`uv cache clean` leaves only the root's `.lock`).
+    Cleaned,
+    /// `clean PACKAGE`: one of the package's wheel, sdist, Simple-API or flat-index entries.
+    PackageEntry,
+    /// `clean PACKAGE`: an archive that only the removed package entries referenced.
+    DanglingArchive,
 }
 
 /// Removal phases, run in order; within one phase targets are independent.

@@ -108,6 +108,22 @@ pub fn scan(cache: &Cache, proc_root: &Path) -> Result<Usage, Fatal> {
 
 /// Run a prune.
 pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) -> Result<Outcome, Fatal> {
+    let options = plan::Options { ci: settings.ci };
+    run_planned(settings, stop, say, Some("Pruning cache at"), &|root, protect| {
+        plan::plan(root, options, protect)
+    })
+}
+
+/// The pipeline every removing command shares (prune, clean): find the cache, lock, print
+/// `<header>: <cache>`, scan, protect, `make_plan`, scan again when beside running uv
+/// processes, remove in phases, report.
+pub fn run_planned(
+    settings: &Settings,
+    stop: &AtomicBool,
+    say: &mut dyn FnMut(&str),
+    header: Option<&str>,
+    make_plan: &dyn Fn(&Path, &Protect) -> plan::Plan,
+) -> Result<Outcome, Fatal> {
     let cache = match open_cache(&settings.locate)? {
         Ok(cache) => cache,
         Err(display) => return Ok(Outcome::NoCache(display)),
@@ -121,7 +137,9 @@ pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) ->
         })
     }
     .map_err(Fatal::Lock)?;
-    say(&format!("Pruning cache at: {}", cache.display));
+    if let Some(header) = header {
+        say(&format!("{header}: {}", cache.display));
+    }
     if settings.verbose > 1 {
         say(&format!("Cache directory from {}", cache.located.origin));
     }
@@ -138,12 +156,11 @@ pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) ->
 
     let mut usage = scan(&cache, &settings.proc_root)?;
     strict_check(settings, &cache, &usage)?;
-    let options = plan::Options { ci: settings.ci };
     let mut protect = protect_from(&usage);
     if lock.concurrent() {
         concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
     }
-    let mut the_plan = plan::plan(&cache.canonical, options, &protect);
+    let mut the_plan = make_plan(&cache.canonical, &protect);
     if !settings.dry_run && lock.concurrent() && !the_plan.targets.is_empty() {
         // Look again right before removing: a process that started since the first scan
         // (and whose uv parent we cannot lock out) is caught here.
@@ -151,7 +168,7 @@ pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) ->
         merge_usage(&mut usage, again);
         protect = protect_from(&usage);
         concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
-        the_plan = plan::plan(&cache.canonical, options, &protect);
+        the_plan = make_plan(&cache.canonical, &protect);
     }
 
     let progress = Arc::new(Progress::default());

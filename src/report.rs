@@ -236,6 +236,77 @@ pub fn uninspectable_lines(summary: &ProcessSummary) -> String {
     out
 }
 
+/// How many kept entries and errors a step summary lists before "and N more".
+const SUMMARY_LIST_LIMIT: usize = 20;
+
+/// Inline code for Markdown: a fence longer than any run of backticks in the text, so a hostile
+/// name cannot break out of it (CommonMark code spans).
+fn md_code(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{}{pad}{fence}", text.replace(['\n', '\r'], " "))
+}
+
+/// A short Markdown report of one run for a CI job's summary page (GitHub Actions'
+/// `$GITHUB_STEP_SUMMARY`): what was removed, what was kept in use and by whom, and errors.
+pub fn step_summary(title: &str, report: &PruneReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(out, "Cache: {}\n", md_code(&escape(&report.cache_dir.0)));
+    let verb = if report.dry_run { "Would remove" } else { "Removed" };
+    let _ = writeln!(out, "| | entries | files | size |\n|---|---:|---:|---:|");
+    let r = &report.removed;
+    let _ = writeln!(out, "| {verb} | {} | {} | {} |", r.entries, r.files, human_bytes(r.bytes));
+    let _ = writeln!(out, "| Kept in use | {} | | |", report.kept_in_use.len());
+    let _ = writeln!(out, "| Errors | {} | | |\n", report.errors.len());
+    if !report.kept_in_use.is_empty() {
+        let _ = writeln!(out, "Kept in use:\n");
+        for k in report.kept_in_use.iter().take(SUMMARY_LIST_LIMIT) {
+            let why = match &k.via {
+                Some(via) => format!("needed by {}", md_code(&escape(&via.0))),
+                None => k
+                    .holders
+                    .iter()
+                    .map(|h| {
+                        format!("pid {} ({}, user {}, {})", h.pid, md_code(&h.command), h.user, h.evidence)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            let _ = writeln!(out, "- {}: {why}", md_code(&escape(&k.path.0)));
+        }
+        more(&mut out, report.kept_in_use.len());
+    }
+    if !report.errors.is_empty() {
+        let _ = writeln!(out, "Errors:\n");
+        for e in report.errors.iter().take(SUMMARY_LIST_LIMIT) {
+            match &e.path {
+                Some(p) => {
+                    let _ = writeln!(out, "- {}: {}", md_code(&escape(&p.0)), md_code(&e.message));
+                }
+                None => {
+                    let _ = writeln!(out, "- {}", md_code(&e.message));
+                }
+            }
+        }
+        more(&mut out, report.errors.len());
+    }
+    out
+}
+
+fn more(out: &mut String, n: usize) {
+    if n > SUMMARY_LIST_LIMIT {
+        let _ = writeln!(out, "- and {} more", n - SUMMARY_LIST_LIMIT);
+    }
+    out.push('\n');
+}
+
+/// The step summary when there is no cache directory.
+pub fn step_summary_no_cache(title: &str, display: &str) -> String {
+    format!("### {title}\n\nNo cache found at: {}\n\n", md_code(display))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +345,54 @@ mod tests {
         assert_eq!(user_display(Path::new("./rel2"), cwd), "./rel2");
         assert_eq!(user_display(Path::new("/tmp/a\nb"), cwd), "/tmp/a\\nb");
         assert_eq!(user_display(Path::new("/x/y"), Path::new("/")), "/x/y");
+    }
+
+    #[test]
+    fn step_summary_lists_removed_kept_and_errors() {
+        let holder = Holder {
+            pid: 42,
+            command: "python".into(),
+            user: "runner".into(),
+            evidence: "environ",
+            detail: "PATH=/c/archive-v0/a/bin".into(),
+            host: None,
+        };
+        let report = PruneReport {
+            cache_dir: JsonPath("/home/runner/.cache/uv".into()),
+            dry_run: false,
+            removed: Totals { entries: 3, files: 91, dirs: 5, bytes: 204_800 },
+            removed_entries: Vec::new(),
+            kept_in_use: vec![
+                KeptEntry { path: JsonPath("archive-v0/a".into()), holders: vec![holder], via: None },
+                KeptEntry {
+                    path: JsonPath("environments-v2/x/y".into()),
+                    holders: Vec::new(),
+                    via: Some(JsonPath("archive-v0/a".into())),
+                },
+            ],
+            kept: Vec::new(),
+            processes: None,
+            lock: None,
+            errors: vec![ErrorEntry {
+                path: Some(JsonPath("wheels-v7/a`b".into())),
+                message: "denied".into(),
+            }],
+        };
+        let md = step_summary("safe-prune --ci", &report);
+        assert!(md.starts_with("### safe-prune --ci\n\nCache: `/home/runner/.cache/uv`\n"), "{md}");
+        assert!(md.contains("| Removed | 3 | 91 | 200.0KiB |"), "{md}");
+        assert!(md.contains("| Kept in use | 2 | | |"), "{md}");
+        assert!(md.contains("- `archive-v0/a`: pid 42 (`python`, user runner, environ)"), "{md}");
+        assert!(md.contains("- `environments-v2/x/y`: needed by `archive-v0/a`"), "{md}");
+        assert!(md.contains("- ``wheels-v7/a`b``: `denied`"), "{md}");
+    }
+
+    #[test]
+    fn markdown_code_spans_cannot_be_escaped() {
+        assert_eq!(md_code("plain"), "`plain`");
+        assert_eq!(md_code("a``b"), "```a``b```");
+        assert_eq!(md_code("`x"), "`` `x ``");
+        assert_eq!(md_code("a\nb"), "`a b`");
     }
 
     #[test]
