@@ -57,11 +57,7 @@ fn main() -> ExitCode {
         Some(Command::InUse(args)) => run_in_use(&args.cache),
         Some(Command::Clean(args)) => run_clean(&args),
         Some(Command::Shim(args)) => run_shim(&args.action),
-        Some(Command::Completions(args)) => {
-            use clap::CommandFactory;
-            clap_complete::generate(args.shell, &mut Cli::command(), "safe-prune", &mut std::io::stdout());
-            exit::OK
-        }
+        Some(Command::Completions(args)) => run_completions(args.shell),
         Some(Command::Man) => run_man(),
     };
     ExitCode::from(code)
@@ -235,12 +231,29 @@ fn run_shim(action: &ShimAction) -> u8 {
     }
 }
 
+fn run_completions(shell: clap_complete::Shell) -> u8 {
+    use clap::CommandFactory;
+    // Generated into memory first: clap_complete panics on a write error (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "safe-prune", &mut script);
+    write_stdout(&script, "the completion script")
+}
+
 fn run_man() -> u8 {
     use clap::CommandFactory;
-    let mut out = std::io::stdout().lock();
-    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+    let mut page = Vec::new();
+    match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+        Ok(()) => write_stdout(&page, "the man page"),
+        Err(e) => fatal(format!("cannot render the man page: {e}")),
+    }
+}
+
+/// Write generated text to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(bytes: &[u8], what: &str) -> u8 {
+    match std::io::stdout().lock().write_all(bytes) {
         Ok(()) => exit::OK,
-        Err(e) => fatal(format!("cannot write the man page: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => fatal(format!("cannot write {what}: {e}")),
     }
 }
 
