@@ -17,6 +17,10 @@ mod macos;
 
 pub mod procargs;
 
+// Pure helpers of the macOS backend, compiled (and tested) on every OS.
+mod darwin_abi;
+mod darwin_logic;
+
 /// Where a piece of evidence was found. The names are the ones safe-prune's JSON uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
