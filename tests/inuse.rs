@@ -4,6 +4,7 @@
 //! bind mount, a name with a newline and " (deleted)") with a real child process; the held
 //! entry must survive, an unused sibling must go, and the JSON must name the right pid and
 //! evidence. The real-uv tests are the fix for the bug `tests/inuse_uv.rs` documents.
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -206,7 +207,8 @@ fn entry_name_with_newline_and_deleted_suffix_mapped_then_unlinked() {
     let cache = synthetic_cache(tmp.path(), held);
     let file = cache.join("archive-v0").join(held).join("lib (deleted).so");
     std::fs::write(&file, vec![1u8; 4096]).unwrap();
-    let script = concat!(map_and_close!(), "os.unlink(sys.argv[1])\nprint('ready',flush=True)\ntime.sleep(60)\n");
+    let script =
+        concat!(map_and_close!(), "os.unlink(sys.argv[1])\nprint('ready',flush=True)\ntime.sleep(60)\n");
     let mut cmd = Command::new(common::python());
     cmd.args(["-c", script]).arg(&file).env_clear().stdout(Stdio::piped());
     let child = spawn_ready(&mut cmd, |_| !file.exists());

@@ -1,0 +1,254 @@
+//! Running beside uv: uv's lock is honoured (held exclusively when free, never waited on
+//! unless asked), a SIGKILL at any moment leaves a cache uv can use, and pruning in a loop
+//! while uv installs and runs tools fails no uv command and breaks no import.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::Child;
+use common::{run_ok, show, TestEnv};
+
+/// Adds `n` unreferenced archives of `files` small files each (what `uv cache prune`
+/// removes after tools were upgraded), old enough to be outside any grace period.
+fn add_synthetic_archives(cache: &Path, n: usize, files: usize) {
+    for i in 0..n {
+        let dir = cache.join(format!("archive-v0/synthetic{i:05}/lib/pkg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..files {
+            std::fs::write(dir.join(format!("m{f}.py")), b"x = 1\n").unwrap();
+        }
+    }
+    // Backdate them so concurrent mode's grace period does not apply.
+    let status = Command::new("find")
+        .arg(cache.join("archive-v0"))
+        .args(["-name", "synthetic*", "-prune", "-exec", "touch", "-h", "-d", "2 days ago", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Lines of /proc/locks for the cache's `.lock`: (pid, is_write).
+fn lock_holders(cache: &Path) -> Vec<(u32, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(cache.join(".lock")).unwrap();
+    let inode = meta.ino().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("->"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dev_ino = f.get(5)?;
+            (dev_ino.rsplit(':').next()? == inode).then(|| (f[4].parse().ok(), f[3] == "WRITE"))
+        })
+        .filter_map(|(pid, w)| pid.map(|p| (p, w)))
+        .collect()
+}
+
+#[test]
+fn holds_uv_lock_exclusively_while_pruning_when_free() {
+    let env = TestEnv::new();
+    env.populate_cache();
+    add_synthetic_archives(&env.cache, 600, 40);
+    let mut child = Child(env.command(common::bin()).arg("-q").spawn().unwrap());
+    let pid = child.id();
+    let mut saw_exclusive = false;
+    let mut saw_uv_wait = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if lock_holders(&env.cache).contains(&(pid, true)) {
+            saw_exclusive = true;
+            // A uv command started now must wait for the lock (it fails with 1 s timeout).
+            let out = env
+                .uv_cmd()
+                .args(["pip", "list", "--python"])
+                .arg(common::python())
+                .env("UV_LOCK_TIMEOUT", "1")
+                .output()
+                .unwrap();
+            if !out.status.success() && !lock_holders(&env.cache).is_empty() {
+                saw_uv_wait = true;
+            }
+            break;
+        }
+        if child.wait_timeout(Duration::from_millis(1)).is_some() {
+            break;
+        }
+    }
+    let status = child.wait_timeout(Duration::from_secs(120)).expect("safe-prune hung");
+    assert!(status.success());
+    assert!(saw_exclusive, "never saw safe-prune hold uv's lock exclusively");
+    assert!(saw_uv_wait, "a uv command started mid-prune did not wait for the lock");
+    assert!(!env.cache.join("archive-v0/synthetic00000").exists());
+}
+
+#[test]
+fn a_shared_flock_holder_does_not_make_it_hang_and_wait_waits() {
+    let env = TestEnv::new();
+    env.populate_cache();
+    add_synthetic_archives(&env.cache, 5, 3);
+    // ctime cannot be backdated: let the synthetic archives age past a 2 s grace period,
+    // then make one fresh environment that must survive it.
+    std::thread::sleep(Duration::from_secs(3));
+    let fresh = env.cache.join("archive-v0/fresh");
+    std::fs::create_dir_all(fresh.join("lib")).unwrap();
+    std::fs::write(fresh.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    // `flock -s` is exactly what every uv process holds while it runs.
+    let holder = Child(
+        Command::new("flock")
+            .arg("-s")
+            .arg(env.cache.join(".lock"))
+            .args(["sleep", "60"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(common::process::wait_until(Duration::from_secs(10), || !lock_holders(&env.cache).is_empty()));
+
+    let started = Instant::now();
+    let out = env.run_safe_prune(&["--format", "json", "--grace", "2s"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["lock"], "concurrent");
+    // Old unused entries go even beside a running uv; young ones stay.
+    assert!(!env.cache.join("archive-v0/synthetic00000").exists(), "{report:#}");
+    assert!(fresh.join("pyvenv.cfg").exists(), "a young environment was removed: {report:#}");
+    assert!(report["kept"].as_array().unwrap().iter().any(|k| k["reason"] == "young"), "{report:#}");
+
+    let started = Instant::now();
+    let out = env.run_safe_prune(&["--wait=2s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(common::stderr(&out).contains("Timeout"), "{}", show(&out));
+    drop(holder);
+}
+
+/// Every symlink in the cache resolves (no reference to a removed archive).
+fn dangling_links(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_symlink() {
+                if std::fs::metadata(e.path()).is_err() {
+                    out.push(e.path());
+                }
+            } else if t.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_a_usable_cache() {
+    let env = TestEnv::new();
+    env.populate_cache();
+    for (round, delay_ms) in [5u64, 40, 120, 300].into_iter().enumerate() {
+        add_synthetic_archives(&env.cache, 200, 60);
+        // The `--ci` prune also removes wheel links: the most references to order right.
+        let mut child = Child(env.command(common::bin()).args(["-q", "--ci"]).spawn().unwrap());
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill();
+        let dangling = dangling_links(&env.cache);
+        assert!(dangling.is_empty(), "round {round}: links into removed archives: {dangling:?}");
+        // uv still installs from what is left (offline, with the wheels as fallback).
+        let venv = env.work.join(env.unique("venv"));
+        run_ok(env.uv_cmd().arg("venv").arg(&venv));
+        run_ok(
+            env.uv_cmd()
+                .args(["pip", "install", "--python"])
+                .arg(&venv)
+                .args(["--offline", "--find-links"])
+                .arg(&env.wheels)
+                .arg("tinylib"),
+        );
+        let out = env.uv_prune(&common::uv(), &env.cache, &[]);
+        assert!(out.status.success(), "round {round}: uv cache prune failed\n{}", show(&out));
+        add_synthetic_archives(&env.cache, 20, 5);
+        let mut child = Child(env.command(common::bin()).arg("-q").spawn().unwrap());
+        // Interrupt a second run too, then let a third complete.
+        std::thread::sleep(Duration::from_millis(delay_ms / 2));
+        child.kill();
+        let out = env.run_safe_prune(&["--format", "json"]);
+        assert!(out.status.success(), "round {round}: the next safe-prune failed\n{}", show(&out));
+        let leftovers: Vec<_> = std::fs::read_dir(&env.cache)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".safe-prune-trash"))
+            .collect();
+        assert!(leftovers.is_empty(), "round {round}: trash left behind");
+    }
+}
+
+#[test]
+fn soak_prune_in_a_loop_while_uv_installs_and_runs_tools() {
+    let env = TestEnv::new();
+    env.populate_cache();
+    let venv = env.work.join("soak-venv");
+    run_ok(env.uv_cmd().arg("venv").arg(&venv));
+    // A long-running tool beside it all, probed after every prune.
+    let tool = env.spawn_tool(&common::uv(), "sleepy==0.1", "sleepy");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out =
+                    env.tool_run_cmd(&common::uv(), "sleepy==0.2", "sleepy", &["--once"]).output().unwrap();
+                if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("ready") {
+                    failures.lock().unwrap().push(format!("tool run: {}", show(&out)));
+                }
+            }
+        });
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = env
+                    .uv_cmd()
+                    .args(["pip", "install", "--reinstall", "--python"])
+                    .arg(&venv)
+                    .args(["--offline", "--find-links"])
+                    .arg(&env.wheels)
+                    .arg("tinylib")
+                    .output()
+                    .unwrap();
+                if !out.status.success() {
+                    failures.lock().unwrap().push(format!("pip install: {}", show(&out)));
+                }
+                let import =
+                    Command::new(venv.join("bin/python")).args(["-c", "import tinylib"]).output().unwrap();
+                if !import.status.success() {
+                    failures.lock().unwrap().push(format!("import: {}", show(&import)));
+                }
+            }
+        });
+        let mut runs = 0;
+        while Instant::now() < deadline {
+            let started = Instant::now();
+            // Old garbage for every round, so each prune really removes something.
+            add_synthetic_archives(&env.cache, 10, 5);
+            let out = env.run_safe_prune(&["-q", "--grace", "5s"]);
+            assert!(started.elapsed() < Duration::from_secs(20), "safe-prune hung");
+            if !out.status.success() {
+                failures.lock().unwrap().push(format!("safe-prune: {}", show(&out)));
+            }
+            let answer = tool.probe();
+            if answer != "ok sleepy 0.1" {
+                failures.lock().unwrap().push(format!("running tool import: {answer}"));
+            }
+            runs += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(runs >= 3, "only {runs} prunes ran");
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} failures, first:\n{}", failures.len(), failures[0]);
+}

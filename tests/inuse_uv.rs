@@ -1,0 +1,108 @@
+//! Documents the ORIGINAL BUG (astral-sh/uv#11694) with the real uv, so we know the test
+//! setup reproduces it: `uv cache prune` deletes the cached environment of a tool that is
+//! still running, and the tool's next import fails with `ModuleNotFoundError`. These tests
+//! assert uv's *broken* behaviour (and its lock, which only protects while the uv parent
+//! lives); the safe-prune counterparts live next to them and assert the fix.
+//!
+//! The tool is `sleepy` (see `tests/common/packages.rs`): `uv tool run` spawns Python as
+//! its child; the test probes it by asking it to import `sleepy.lazy` now.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{alive, become_subreaper, parent_of};
+use common::{show, stderr, TestEnv};
+
+/// Starts `sleepy` 0.1 under `uv tool run` and checks the probe works before any prune.
+fn running_sleepy(env: &TestEnv, uv: &std::path::Path) -> common::RunningTool {
+    let tool = env.spawn_tool(uv, "sleepy==0.1", "sleepy");
+    assert_eq!(tool.probe(), "ok sleepy 0.1", "control probe before pruning");
+    let environment = tool.environment();
+    assert!(
+        environment.starts_with(env.cache.join("archive-v0")),
+        "tool runs from {environment:?}, not from the cache's archive-v0"
+    );
+    tool
+}
+
+#[test]
+fn uv_prune_breaks_running_tool() {
+    become_subreaper();
+    let env = TestEnv::new();
+    let mut tool = running_sleepy(&env, &common::uv());
+    let environment = tool.environment();
+
+    // Kill the uv parent: its shared lock on <cache>/.lock goes with it, the Python child
+    // lives on (reparented, here to this test process as subreaper).
+    let uv_pid = tool.uv.id();
+    tool.kill_uv();
+    assert!(alive(tool.pid()), "the tool died with its uv parent");
+    assert_ne!(parent_of(tool.pid()), Some(uv_pid));
+
+    let mut prune = env.uv_cmd();
+    prune.args(["cache", "prune", "-v"]).env("UV_LOCK_TIMEOUT", "20");
+    let out = prune.output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(stderr(&out).contains("Removing cached environment"), "{}", show(&out));
+    assert!(!environment.exists(), "uv kept the running tool's environment");
+    assert!(alive(tool.pid()));
+
+    let answer = tool.probe();
+    assert!(
+        answer.starts_with("ModuleNotFoundError"),
+        "expected the running tool to be broken, it answered {answer:?}"
+    );
+}
+
+#[test]
+fn uv_prune_waits_for_the_lock_while_uv_runs_the_tool() {
+    // While the uv parent lives it holds a shared flock on <cache>/.lock, so a plain prune
+    // waits (here: times out after 1 s, exit 2) and removes nothing.
+    let env = TestEnv::new();
+    let tool = running_sleepy(&env, &common::uv());
+    let before = common::snapshot(&env.cache);
+
+    let mut prune = env.uv_cmd();
+    prune.args(["cache", "prune"]).env("UV_LOCK_TIMEOUT", "1");
+    let out = prune.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(stderr(&out).contains("Timeout"), "{}", show(&out));
+    common::assert_same_tree(&before, &common::snapshot(&env.cache), "after timed-out prune");
+    assert_eq!(tool.probe(), "ok sleepy 0.1");
+}
+
+#[test]
+fn uv_prune_force_breaks_running_tool() {
+    // `--force` skips the lock and deletes the environment under the live uv parent.
+    let env = TestEnv::new();
+    let tool = running_sleepy(&env, &common::uv());
+    let environment = tool.environment();
+
+    let out = env.uv_cmd().args(["cache", "prune", "--force"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!environment.exists(), "uv --force kept the running tool's environment");
+    let answer = tool.probe();
+    assert!(answer.starts_with("ModuleNotFoundError"), "{answer:?}");
+}
+
+#[test]
+fn uv_0_6_2_prune_breaks_running_tool() {
+    // The version of the original report: no cache lock at all, so the prune deletes the
+    // environment of a tool whose uv parent is alive and well.
+    let env = TestEnv::new();
+    let uv062 = common::uv062();
+    let mut tool = running_sleepy(&env, &uv062);
+    let environment = tool.environment();
+
+    let out = env.uv062_cmd().args(["cache", "prune"]).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!environment.exists(), "uv 0.6.2 kept the running tool's environment");
+    assert!(
+        tool.uv.wait_timeout(Duration::from_millis(0)).is_none(),
+        "the uv parent was expected to still run"
+    );
+    let answer = tool.probe();
+    assert!(answer.starts_with("ModuleNotFoundError"), "{answer:?}");
+    tool.kill_uv();
+}
