@@ -10,6 +10,8 @@ mod parse;
 mod process;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod proptests;
 
 use crate::{FileLock, ScanError, ScanReport, ScanRequest};
 use matcher::Matcher;
