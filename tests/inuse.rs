@@ -403,3 +403,53 @@ fn force_is_safe_too() {
     assert!(environment.join("pyvenv.cfg").exists());
     assert_eq!(tool.probe(), "ok sleepy 0.1");
 }
+
+// ---- processes that cannot be inspected ------------------------------------------------
+
+/// Runs safe-prune as `nobody`: root's processes (this test, `sleep` children) are then
+/// uninspectable to it, exactly like other users' processes for an unprivileged prune.
+fn prune_as_nobody(cache: &Path, extra: &[&str]) -> Option<std::process::Output> {
+    let is_root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    if !is_root {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test must run as root in CI (it switches to nobody)");
+        }
+        eprintln!("skipping: not root, cannot switch to another user");
+        return None;
+    }
+    let status = Command::new("chown").args(["-R", "65534:65534"]).arg(cache).status().unwrap();
+    assert!(status.success());
+    // The binary must be reachable by nobody: copy it next to the cache.
+    let bin = cache.parent().unwrap().join("safe-prune");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin).args(["--format", "json", "--cache-dir"]).arg(cache).args(extra).env_clear();
+    Some(cmd.output().unwrap())
+}
+
+#[test]
+fn uninspectable_processes_are_reported_and_strict_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cache = synthetic_cache(tmp.path(), "held");
+    // A root process holding an entry through its cwd, invisible to nobody.
+    let _child = spawn_ready(
+        Command::new("sleep").arg("60").current_dir(cache.join("archive-v0/held")).env_clear(),
+        |pid| link_points_into(pid, "cwd", &cache),
+    );
+    let before = common::snapshot(&cache);
+    let Some(out) = prune_as_nobody(&cache, &["--strict"]) else { return };
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(common::stderr(&out).contains("--strict"), "{}", show(&out));
+    common::assert_same_tree(&before, &common::snapshot(&cache), "after a refused --strict run");
+
+    // Without --strict it prunes, and says which processes it could not see.
+    let out = prune_as_nobody(&cache, &[]).unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uninspectable = report["processes"]["uninspectable"].as_array().unwrap();
+    assert!(
+        uninspectable.iter().any(|u| u["pid"] == _child.id() && u["reason"] == "permission denied"),
+        "{report:#}"
+    );
+}
