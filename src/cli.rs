@@ -103,6 +103,20 @@ pub struct PruneArgs {
     /// While other uv processes run, keep entries younger than this.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub grace: Duration,
+
+    /// Keep the newest N (default 1) cached environments of each tool (uvx, uv tool run,
+    /// uv run --with), so its next run starts without installing.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1", require_equals = true)]
+    pub keep_tools: Option<u32>,
+
+    /// Remove only entries last used longer ago than DURATION (30d, 12h, ...).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+
+    /// Then, while the cache is larger than SIZE (10GiB, 500MB, 1.5G), remove the least
+    /// recently used wheels, unpacked sdists and index entries.
+    #[arg(long, value_name = "SIZE", value_parser = crate::retention::parse_size)]
+    pub max_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,7 @@ mod pointer;
 mod prune;
 mod remove;
 mod report;
+mod retention;
 mod shim;
 mod usage;
 mod version;
@@ -103,6 +104,11 @@ fn prune_settings(args: &PruneArgs) -> prune::Settings {
         quiet: args.cache.quiet,
         verbose: args.cache.verbose,
         proc_root: PathBuf::from("/proc"),
+        retention: retention::Retention {
+            keep_tools: args.keep_tools,
+            older_than: args.older_than,
+            max_size: args.max_size,
+        },
     }
 }
 
@@ -119,6 +125,7 @@ fn run_clean(args: &CleanArgs) -> u8 {
         quiet: args.cache.quiet,
         verbose: args.cache.verbose,
         proc_root: PathBuf::from("/proc"),
+        retention: Default::default(),
     };
     let title = if args.packages.is_empty() {
         "safe-prune clean".to_string()

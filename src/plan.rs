@@ -45,6 +45,9 @@ pub enum Reason {
     UnreferencedArchive,
     /// A `files-v0` object no archive links to (link count 1), or a shard left empty.
     OrphanFile,
+    /// `--max-size`: a least recently used wheel, unpacked sdist or index entry, removed to
+    /// bring the cache under the limit.
+    OverSizeLimit,
     /// `clean`: any entry of the cache (`uv cache clean` leaves only the root's `.lock`).
     Cleaned,
     /// `clean PACKAGE`: one of the package's wheel, sdist, Simple-API or flat-index entries.
@@ -84,6 +87,11 @@ pub enum KeepReason {
     Locked,
     /// A newer generation of a bucket, or an unknown bucket: a newer uv's data.
     NewerBucket,
+    /// `--keep-tools`: among the newest environments of its tool (with its link and archive).
+    #[serde(rename = "kept-newest-tool")]
+    NewestTool,
+    /// `--older-than`: used more recently than that.
+    Recent,
 }
 
 /// Paths that must survive, each with why. A protected path protects everything below it;

@@ -16,6 +16,7 @@ use crate::lock::{self, CacheLock};
 use crate::plan::{self, KeepReason, Phase, Protect};
 use crate::remove::{Counts, Progress, Remover};
 use crate::report::{self, ErrorEntry, JsonPath, KeptEntry, KeptOther, PruneReport, RemovedEntry, Totals};
+use crate::retention;
 use crate::usage::{self, CacheView, Usage};
 
 /// What the user asked for, as plain data.
@@ -32,6 +33,8 @@ pub struct Settings {
     pub quiet: bool,
     pub verbose: u8,
     pub proc_root: PathBuf,
+    /// `--keep-tools`, `--older-than`, `--max-size` (all off by default).
+    pub retention: retention::Retention,
 }
 
 /// A failure that stops the run before anything is removed.
@@ -160,7 +163,21 @@ pub fn run_planned(
     if lock.concurrent() {
         concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
     }
+    let keep = |protect: &mut Protect| {
+        retention::protect(
+            &cache.canonical,
+            &cache.absolute,
+            &settings.proc_root,
+            &settings.retention,
+            protect,
+        )
+    };
+    keep(&mut protect);
     let mut the_plan = make_plan(&cache.canonical, &protect);
+    let fit = |plan: &mut plan::Plan, protect: &Protect| {
+        retention::fit(&cache.canonical, &settings.proc_root, &settings.retention, protect, plan)
+    };
+    let mut size_after = fit(&mut the_plan, &protect);
     if !settings.dry_run && lock.concurrent() && !the_plan.targets.is_empty() {
         // Look again right before removing: a process that started since the first scan
         // (and whose uv parent we cannot lock out) is caught here.
@@ -168,7 +185,9 @@ pub fn run_planned(
         merge_usage(&mut usage, again);
         protect = protect_from(&usage);
         concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
+        keep(&mut protect);
         the_plan = make_plan(&cache.canonical, &protect);
+        size_after = fit(&mut the_plan, &protect);
     }
 
     let progress = Arc::new(Progress::default());
@@ -213,6 +232,9 @@ pub fn run_planned(
         }
     }
     remover.finish();
+    if size_after.is_some() && !settings.dry_run {
+        size_after = Some(retention::measure(&cache.canonical));
+    }
     let mode = lock.mode().to_string();
     drop(lock);
 
@@ -233,6 +255,7 @@ pub fn run_planned(
         processes: Some(usage.summary.clone()),
         lock: Some(mode),
         errors,
+        size_after,
     })))
 }
 

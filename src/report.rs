@@ -153,6 +153,9 @@ pub struct PruneReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<String>,
     pub errors: Vec<ErrorEntry>,
+    /// With `--max-size`: the cache's size after the run, in allocated bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_after: Option<u64>,
 }
 
 impl PruneReport {
@@ -207,9 +210,15 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
                 KeepReason::Young => "younger than the grace period",
                 KeepReason::Locked => "its lock is held by a uv process",
                 KeepReason::NewerBucket => "written by a newer uv",
+                KeepReason::NewestTool => "the newest environment of its tool (--keep-tools)",
+                KeepReason::Recent => "used within --older-than",
             };
             let _ = writeln!(out, "Kept {}: {why}", escape(&k.path.0));
         }
+    }
+    if let Some(size) = report.size_after {
+        let verb = if report.dry_run { "would be" } else { "is" };
+        let _ = writeln!(out, "Cache size {verb} {}", human_bytes(size));
     }
     out
 }
@@ -377,6 +386,7 @@ mod tests {
                 path: Some(JsonPath("wheels-v7/a`b".into())),
                 message: "denied".into(),
             }],
+            size_after: None,
         };
         let md = step_summary("safe-prune --ci", &report);
         assert!(md.starts_with("### safe-prune --ci\n\nCache: `/home/runner/.cache/uv`\n"), "{md}");

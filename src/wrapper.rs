@@ -435,6 +435,7 @@ fn run(g: Globals, env_no_cache: bool, op: &crate::Operation, ci: bool, force: b
         quiet,
         verbose: g.verbose,
         proc_root: PathBuf::from("/proc"),
+        retention: Default::default(),
     };
     match crate::execute(op, &settings, title) {
         // uv has no "partial" status: a failed removal is an error (2).
