@@ -57,7 +57,14 @@ pub fn protect(root: &Path, usage: &Usage, grace: Duration, protect: &mut Protec
 
 /// Young entries and held locks inside one bucket (two levels deep: enough for
 /// `environments-v2/<digest>/<resolution>` and `wheels-v7/pypi/<name>` shards).
-fn scan_bucket(root: &Path, bucket: &Path, whole_entries: bool, now: SystemTime, grace: Duration, protect: &mut Protect) {
+fn scan_bucket(
+    root: &Path,
+    bucket: &Path,
+    whole_entries: bool,
+    now: SystemTime,
+    grace: Duration,
+    protect: &mut Protect,
+) {
     let mut stack = vec![(bucket.to_path_buf(), 0)];
     while let Some((dir, depth)) = stack.pop() {
         let Ok(children) = std::fs::read_dir(root.join(&dir)) else { continue };

@@ -11,7 +11,7 @@
 //! Planning only reads. It never follows a symlink into a directory it plans to remove and
 //! resolves links only to compare targets.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -412,20 +412,36 @@ impl Planner<'_> {
     }
 
     /// `files-v0` objects with a link count of one, and shard directories left empty.
+    ///
+    /// uv counts links *after* it has removed the archives, so an object whose other links
+    /// all lie in archives this plan removes is an orphan too: those links are counted here.
     fn orphan_files(&mut self, files: &Path) {
-        self.orphans_in(files, true);
+        if self.list(files).is_empty() {
+            return;
+        }
+        let mut doomed_links: HashMap<(u64, u64), u64> = HashMap::new();
+        let doomed: Vec<PathBuf> = self.plan.targets.iter().map(|t| t.rel.clone()).collect();
+        for rel in doomed {
+            count_hard_links(&self.root.join(rel), &mut doomed_links);
+        }
+        self.orphans_in(files, true, &doomed_links);
     }
 
     /// Returns true when everything in `dir` goes (so `dir` itself can go too).
-    fn orphans_in(&mut self, dir: &Path, is_bucket: bool) -> bool {
+    fn orphans_in(&mut self, dir: &Path, is_bucket: bool, doomed_links: &HashMap<(u64, u64), u64>) -> bool {
         let mut all = true;
         let mut files = Vec::new();
         let mut dirs = Vec::new();
         for name in self.list(dir) {
             let rel = dir.join(name);
             match fs::symlink_metadata(self.root.join(&rel)) {
-                Ok(m) if m.is_file() && m.nlink() == 1 && self.protect.covering(&rel).is_none() => {
-                    files.push(rel)
+                Ok(m) if m.is_file() && self.protect.covering(&rel).is_none() => {
+                    let gone = doomed_links.get(&(m.dev(), m.ino())).copied().unwrap_or(0);
+                    if m.nlink().saturating_sub(gone) <= 1 {
+                        files.push(rel)
+                    } else {
+                        all = false;
+                    }
                 }
                 Ok(m) if m.is_dir() => dirs.push(rel),
                 _ => all = false,
@@ -433,7 +449,7 @@ impl Planner<'_> {
         }
         let mut empty_dirs = Vec::new();
         for sub in dirs {
-            if self.orphans_in(&sub, false) {
+            if self.orphans_in(&sub, false, doomed_links) {
                 empty_dirs.push(sub);
             } else {
                 all = false;
@@ -447,6 +463,19 @@ impl Planner<'_> {
             self.consider(rel, Reason::OrphanFile, Phase::Files);
         }
         false
+    }
+}
+
+/// Count, per (device, inode), the hard links to multiply-linked files below `path`
+/// (never following links).
+fn count_hard_links(path: &Path, counts: &mut HashMap<(u64, u64), u64>) {
+    let Ok(meta) = fs::symlink_metadata(path) else { return };
+    if meta.is_file() && meta.nlink() > 1 {
+        *counts.entry((meta.dev(), meta.ino())).or_default() += 1;
+    } else if meta.is_dir() {
+        for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+            count_hard_links(&entry.path(), counts);
+        }
     }
 }
 
@@ -538,12 +567,131 @@ mod tests {
     }
 
     #[test]
+    fn files_objects_linked_only_from_removed_archives_are_orphans() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        fs::create_dir_all(root.join("files-v0/ab")).unwrap();
+        fs::create_dir_all(root.join("files-v0/cd")).unwrap();
+        fs::write(root.join("files-v0/ab/obj1"), "x").unwrap();
+        fs::write(root.join("files-v0/cd/obj2"), "y").unwrap();
+        // obj1 is linked only from an archive the plan removes; obj2 from a kept one.
+        fs::hard_link(root.join("files-v0/ab/obj1"), root.join("archive-v0/orphan/f")).unwrap();
+        fs::hard_link(root.join("files-v0/cd/obj2"), root.join("archive-v0/used/f")).unwrap();
+        let p = plan(&root, Options::default(), &Protect::default());
+        assert!(rels(&p).contains(&"files-v0/ab".to_string()), "{:?}", rels(&p));
+        assert!(!rels(&p).iter().any(|r| r.starts_with("files-v0/cd")), "{:?}", rels(&p));
+    }
+
+    #[test]
     fn reference_walk_filter_matches_uv() {
         for skipped in ["src", ".lock", ".gitignore", "a.lock", "x.WHL", "r.http", "p.rev", "m.msgpack"] {
             assert!(skipped_by_reference_walk(OsStr::new(skipped)), "{skipped}");
         }
         for walked in ["1.0-py3-none-any", "pypi", "lockfile"] {
             assert!(!skipped_by_reference_walk(OsStr::new(walked)), "{walked}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Builds a cache from a recipe: archives with files, links to some of them from
+        /// `environments-v2` and `wheels-v7`, stray top-level entries, a stale bucket.
+        fn build(root: &Path, archives: usize, env_links: &[usize], wheel_links: &[usize], junk: usize) {
+            fs::write(root.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+            for a in 0..archives {
+                let dir = root.join(format!("archive-v0/a{a}/lib/pkg"));
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join("m.py"), "x").unwrap();
+            }
+            for (i, a) in env_links.iter().enumerate() {
+                let dir = root.join(format!("environments-v2/d{}", i % 2));
+                fs::create_dir_all(&dir).unwrap();
+                let _ = symlink(format!("../../archive-v0/a{}", a % archives.max(1)), dir.join(format!("r{i}")));
+            }
+            for (i, a) in wheel_links.iter().enumerate() {
+                let dir = root.join(format!("wheels-v7/pypi/p{i}"));
+                fs::create_dir_all(&dir).unwrap();
+                let _ = symlink(format!("../../../archive-v0/a{}", a % archives.max(1)), dir.join("1.0-py3-none-any"));
+            }
+            for j in 0..junk {
+                fs::create_dir_all(root.join(format!(".tmpjunk{j}/x"))).unwrap();
+            }
+            fs::create_dir_all(root.join("wheels-v5/pypi/old")).unwrap();
+        }
+
+        /// Every path in the tree (relative), links not followed.
+        fn all_paths(root: &Path) -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            let mut stack = vec![PathBuf::new()];
+            while let Some(rel) = stack.pop() {
+                for e in fs::read_dir(root.join(&rel)).unwrap().flatten() {
+                    let child = rel.join(e.file_name());
+                    if e.file_type().unwrap().is_dir() {
+                        stack.push(child.clone());
+                    }
+                    out.push(child);
+                }
+            }
+            out.sort();
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            #[test]
+            fn nothing_with_evidence_is_planned_for_removal(
+                archives in 1usize..6,
+                env_links in proptest::collection::vec(0usize..6, 0..4),
+                wheel_links in proptest::collection::vec(0usize..6, 0..4),
+                junk in 0usize..3,
+                picks in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
+                ci in any::<bool>(),
+            ) {
+                let tmp = tempfile::tempdir().unwrap();
+                let root = fs::canonicalize(tmp.path()).unwrap();
+                build(&root, archives, &env_links, &wheel_links, junk);
+                let paths = all_paths(&root);
+                // Evidence: random paths anywhere in the cache, mapped to their entries the
+                // way a scan's hits are, then closed over like a real run.
+                let view = crate::usage::CacheView::new(&root, &root, None);
+                let direct: Vec<PathBuf> = picks
+                    .iter()
+                    .filter_map(|i| view.entry_of(&paths[i.index(paths.len())]))
+                    .collect();
+                let closure = crate::usage::closure(&view, direct.clone());
+                let mut protect = Protect::default();
+                for e in direct.iter().chain(closure.keys()) {
+                    protect.add(e.clone(), KeepReason::InUse);
+                }
+                let p = plan(&root, Options { ci }, &protect);
+                for t in &p.targets {
+                    for e in &direct {
+                        prop_assert!(!e.starts_with(&t.rel) && !t.rel.starts_with(e),
+                            "target {:?} overlaps in-use entry {:?}", t.rel, e);
+                    }
+                }
+                // And what the plan leaves is consistent: every kept environment link of an
+                // in-use archive still resolves after removal.
+                let remover = crate::remove::Remover::new(&root, false).unwrap();
+                for phase in [Phase::References, Phase::Archives, Phase::Files] {
+                    for t in p.targets.iter().filter(|t| t.phase == phase) {
+                        prop_assert!(remover.remove(&t.rel).is_ok());
+                    }
+                }
+                remover.finish();
+                for e in &direct {
+                    prop_assert!(root.join(e).symlink_metadata().is_ok(), "{:?} was removed", e);
+                }
+                for (link, _) in closure.iter().filter(|(l, _)| l.starts_with("environments-v2")) {
+                    let path = root.join(link);
+                    if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+                        prop_assert!(path.exists(), "kept link {:?} dangles", link);
+                    }
+                }
+            }
         }
     }
 

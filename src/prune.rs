@@ -131,11 +131,12 @@ pub fn run_planned(
         Ok(cache) => cache,
         Err(display) => return Ok(Outcome::NoCache(display)),
     };
-    let lock = if settings.force {
+    // `.lock` is not created yet (see below), so that a refused run leaves the cache as it was.
+    let mut lock = if settings.force {
         // `--force` in uv means "do not wait": take the lock if free, else run beside uv.
-        lock::acquire(&cache.canonical, !settings.dry_run, None, || {})
+        lock::acquire(&cache.canonical, false, None, || {})
     } else {
-        lock::acquire(&cache.canonical, !settings.dry_run, settings.wait, || {
+        lock::acquire(&cache.canonical, false, settings.wait, || {
             say("Cache is currently in-use, waiting for other uv processes to finish (use `--force` to override)")
         })
     }
@@ -159,6 +160,11 @@ pub fn run_planned(
 
     let mut usage = scan(&cache, &settings.proc_root)?;
     strict_check(settings, &cache, &usage)?;
+    if matches!(lock, CacheLock::Absent) && !settings.dry_run {
+        // No `.lock` yet (a cache last used by uv < 0.8.19): create it like uv and hold it,
+        // now that this run will remove things.
+        lock = lock::acquire(&cache.canonical, true, None, || {}).map_err(Fatal::Lock)?;
+    }
     let mut protect = protect_from(&usage);
     if lock.concurrent() {
         concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
