@@ -190,9 +190,10 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
                 }
                 for h in &k.holders {
                     let host = h.host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+                    let this = if h.is_self { ", this process" } else { "" };
                     let _ = writeln!(
                         out,
-                        "    pid {} ({}, user {}{host}): {} {}",
+                        "    pid {} ({}{this}, user {}{host}): {} {}",
                         h.pid,
                         h.command,
                         h.user,
@@ -365,6 +366,7 @@ mod tests {
             evidence: "environ",
             detail: "PATH=/c/archive-v0/a/bin".into(),
             host: None,
+            is_self: false,
         };
         let report = PruneReport {
             cache_dir: JsonPath("/home/runner/.cache/uv".into()),

@@ -21,6 +21,8 @@ pub enum ShimError {
     NoHome,
     #[error("cannot find the safe-prune executable: {0}")]
     Exe(io::Error),
+    #[error("{} lies inside the uv cache {} (a `uvx` run?): the next prune would remove it and break every `uv` command. Install safe-prune first (`uv tool install safe-prune`), then run `safe-prune shim install`", .exe.display(), .cache.display())]
+    InsideCache { exe: PathBuf, cache: PathBuf },
     #[error("{}: {}", .0.display(), .1)]
     Io(PathBuf, io::Error),
 }
@@ -66,6 +68,9 @@ pub fn is_our_link(link: &Path, exe: &Path) -> bool {
 /// warnings about `PATH` (`path_var`) order.
 pub fn install(dir: &Path, exe: &Path, path_var: &OsStr) -> Result<Vec<String>, ShimError> {
     let exe = std::fs::canonicalize(exe).map_err(ShimError::Exe)?;
+    if let Some(cache) = enclosing_cache(&exe) {
+        return Err(ShimError::InsideCache { exe, cache });
+    }
     std::fs::create_dir_all(dir).map_err(|e| ShimError::Io(dir.to_path_buf(), e))?;
     let link = dir.join("uv");
     let mut lines = Vec::new();
@@ -89,6 +94,11 @@ pub fn install(dir: &Path, exe: &Path, path_var: &OsStr) -> Result<Vec<String>, 
     }
     lines.extend(path_warnings(dir, &exe, path_var));
     Ok(lines)
+}
+
+/// The uv cache that contains `path`, if any: an ancestor that passes the cache check.
+fn enclosing_cache(path: &Path) -> Option<PathBuf> {
+    path.ancestors().skip(1).find(|a| crate::layout::check_is_cache(a).is_ok()).map(Path::to_path_buf)
 }
 
 /// Remove `dir/uv` if it is a link to safe-prune.
@@ -187,6 +197,19 @@ mod tests {
         assert!(lines[0].contains("already links"), "{lines:?}");
         assert_eq!(uninstall(&s.shim, &s.exe).unwrap(), format!("Removed {}", s.shim.join("uv").display()));
         assert!(uninstall(&s.shim, &s.exe).unwrap().starts_with("No shim"));
+    }
+
+    #[test]
+    fn refuses_a_binary_that_lives_in_a_uv_cache() {
+        let s = setup();
+        let cache = s.shim.parent().unwrap().join("cache");
+        let bin = cache.join("archive-v0/abc/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(cache.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+        std::fs::copy(&s.exe, bin.join("safe-prune")).unwrap();
+        let err = install(&s.shim, &bin.join("safe-prune"), &path(&[&s.shim, &s.real])).unwrap_err();
+        assert!(matches!(err, ShimError::InsideCache { .. }), "{err}");
+        assert!(std::fs::symlink_metadata(s.shim.join("uv")).is_err());
     }
 
     #[test]

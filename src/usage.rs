@@ -42,6 +42,9 @@ pub struct Holder {
     /// The host, for holders published by another host's agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// True for safe-prune's own process (a `uvx safe-prune` run keeps its own environment).
+    #[serde(rename = "self", skip_serializing_if = "std::ops::Not::not")]
+    pub is_self: bool,
 }
 
 /// A process that could not be inspected, for reports.
@@ -342,6 +345,7 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
                 evidence: ev.source.as_str(),
                 detail: detail(ev),
                 host: None,
+                is_self: process.pid == std::process::id(),
             });
         }
     }
