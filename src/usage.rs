@@ -323,7 +323,11 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
             .first()
             .map(|a0| a0.rsplit(|&b| b == b'/').next().unwrap_or(a0))
             .is_some_and(|base| base == b"uv" || base == b"uvx");
-        if is_uv {
+        // Only a uv process that shows this cache (every uv >= 0.8.19 holds an fd on its
+        // `.lock` for its whole life) asks for *this* cache's environments; a `uvx` working
+        // on another cache must not keep anything here. Concurrent mode, the only user of
+        // these command lines, happens only while such a lock is held.
+        if is_uv && !process.evidence.is_empty() {
             usage.uv_commands.push((process.pid, process.argv.clone()));
         }
         let mut seen = BTreeSet::new();

@@ -416,7 +416,7 @@ fn own_process_is_scanned_so_a_binary_in_the_cache_keeps_its_entry() {
     assert!(text.contains("Would keep 1 entry in use by 1 running process"), "{text}");
     assert!(text.contains("  archive-v0/0123456789abcdefghij0\n"), "{text}");
     assert!(
-        text.contains(&format!("    pid {pid} (safe-prune, user "))
+        text.contains(&format!("    pid {pid} (safe-prune, this process, user "))
             && text.contains(&format!(": exe {}", exe.display())),
         "{text}"
     );
