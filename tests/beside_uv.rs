@@ -252,3 +252,44 @@ fn soak_prune_in_a_loop_while_uv_installs_and_runs_tools() {
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{} failures, first:\n{}", failures.len(), failures[0]);
 }
+
+#[test]
+fn ctrl_c_stops_between_entries_with_a_summary() {
+    let env = TestEnv::new();
+    env.populate_cache();
+    add_synthetic_archives(&env.cache, 800, 40);
+    let mut child = Child(
+        env.command(common::bin())
+            .args(["--format", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until removal has started (the trash folder appears), then interrupt.
+    let started = common::process::wait_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&env.cache)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".safe-prune-trash"))
+    });
+    assert!(started, "removal never started");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removed = report["removed"]["entries"].as_u64().unwrap();
+    assert!(removed > 0, "{report:#}");
+    assert!(
+        report["errors"].as_array().unwrap().iter().any(|e| e["message"].as_str().unwrap().contains("interrupted")),
+        "{report:#}"
+    );
+    let left = std::fs::read_dir(env.cache.join("archive-v0")).unwrap().count();
+    assert!(left > 0, "the run was not interrupted before the end");
+    assert!(dangling_links(&env.cache).is_empty());
+    // The next run finishes the job.
+    let out = env.run_safe_prune(&["-q"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!env.cache.join("archive-v0/synthetic00799").exists());
+}
