@@ -276,13 +276,18 @@ fn ctrl_c_stops_between_entries_with_a_summary() {
     assert!(started, "removal never started");
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+    let out =
+        std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let removed = report["removed"]["entries"].as_u64().unwrap();
     assert!(removed > 0, "{report:#}");
     assert!(
-        report["errors"].as_array().unwrap().iter().any(|e| e["message"].as_str().unwrap().contains("interrupted")),
+        report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("interrupted")),
         "{report:#}"
     );
     let left = std::fs::read_dir(env.cache.join("archive-v0")).unwrap().count();

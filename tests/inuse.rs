@@ -157,8 +157,7 @@ fn path_in_a_clean_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = synthetic_cache(tmp.path(), "env");
     let path = format!("{}:/usr/bin:/bin", cache.join("archive-v0/env/bin").display());
-    let child =
-        spawn_ready(Command::new("/bin/sleep").arg("60").env_clear().env("PATH", &path), |pid| alive(pid));
+    let child = spawn_ready(Command::new("/bin/sleep").arg("60").env_clear().env("PATH", &path), alive);
     let report = prune_json(&cache, &[]);
     assert_kept_by(&cache, &report, "env", child.id(), "environ");
     let detail = holders(&report, "archive-v0/env")[0]["detail"].as_str().unwrap().to_string();
@@ -409,7 +408,9 @@ fn force_is_safe_too() {
 /// Runs safe-prune as `nobody`: root's processes (this test, `sleep` children) are then
 /// uninspectable to it, exactly like other users' processes for an unprivileged prune.
 fn prune_as_nobody(cache: &Path, extra: &[&str]) -> Option<std::process::Output> {
-    let is_root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
     if !is_root {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("this test must run as root in CI (it switches to nobody)");
@@ -423,7 +424,12 @@ fn prune_as_nobody(cache: &Path, extra: &[&str]) -> Option<std::process::Output>
     let bin = cache.parent().unwrap().join("safe-prune");
     std::fs::copy(common::bin(), &bin).unwrap();
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&bin).args(["--format", "json", "--cache-dir"]).arg(cache).args(extra).env_clear();
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["--format", "json", "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .env_clear();
     Some(cmd.output().unwrap())
 }
 

@@ -9,7 +9,10 @@ use super::parse::*;
 /// Path bytes as they appear in the tree: anything but NUL and `/`-free components are not
 /// required; a backslash is excluded because maps' `\012` escape is ambiguous with it.
 fn path_bytes() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no NUL or backslash", |b| *b != 0 && *b != b'\\'), 1..40)
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no NUL or backslash", |b| *b != 0 && *b != b'\\'),
+        1..40,
+    )
 }
 
 proptest! {
