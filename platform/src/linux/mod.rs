@@ -9,9 +9,9 @@ mod matcher;
 mod parse;
 mod process;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod tests;
 
 use crate::{FileLock, ScanError, ScanReport, ScanRequest};
 use matcher::Matcher;
