@@ -31,6 +31,8 @@ pub enum Command {
     Clean(CleanArgs),
     /// Install or remove a `uv` link to safe-prune, so `uv cache prune`/`clean` are safe.
     Shim(ShimArgs),
+    /// Prune on a schedule (systemd timer, launchd agent or cron): install, status, uninstall.
+    Schedule(ScheduleArgs),
     /// Print a shell completion script for safe-prune.
     Completions(CompletionsArgs),
     /// Print safe-prune's man page (roff) on stdout.
@@ -117,6 +119,14 @@ pub struct PruneArgs {
     /// recently used wheels, unpacked sdists and index entries.
     #[arg(long, value_name = "SIZE", value_parser = crate::retention::parse_size)]
     pub max_size: Option<u64>,
+    /// Do nothing (one directory read) unless `archive-v0` holds at least N more entries than
+    /// after the last completed run with --if-grown (the count is kept in the state folder).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub if_grown: Option<u64>,
+
+    /// Run as scheduled by `safe-prune schedule install`: log the run to the state folder.
+    #[arg(long, hide = true)]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -181,6 +191,69 @@ pub struct CompletionsArgs {
     /// The shell to generate completions for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    pub action: ScheduleAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ScheduleAction {
+    /// Prune every DURATION: a systemd timer (Linux), a LaunchAgent (macOS) or a crontab line
+    /// (printed), running this safe-prune on the cache found now.
+    Install(ScheduleInstallArgs),
+    /// Show the installed schedule and the last runs.
+    Status(ScheduleWhereArgs),
+    /// Disable the schedule and remove the files `install` wrote (only those).
+    Uninstall(ScheduleWhereArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleInstallArgs {
+    /// How often to prune (15m, 6h, 1d, 1w).
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = parse_duration)]
+    pub every: Duration,
+
+    /// A system unit in /etc/systemd/system (runs as root), not a user unit.
+    #[arg(long)]
+    pub system: bool,
+
+    /// Write the files, but do not enable or load them.
+    #[arg(long)]
+    pub no_enable: bool,
+
+    /// Print a crontab line instead (safe-prune never edits a crontab).
+    #[arg(long, conflicts_with = "backend")]
+    pub cron: bool,
+
+    /// The scheduler (default: launchd on macOS, systemd where it runs, else cron).
+    #[arg(long, value_enum, hide = true)]
+    pub backend: Option<ScheduleBackend>,
+
+    /// Options for the scheduled `safe-prune prune` (default: --keep-tools), checked now.
+    #[arg(last = true, value_name = "PRUNE-OPTIONS", allow_hyphen_values = true)]
+    pub prune_options: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleWhereArgs {
+    /// The system unit in /etc/systemd/system, not the user unit.
+    #[arg(long)]
+    pub system: bool,
+
+    /// The scheduler (default: launchd on macOS, systemd where it runs, else cron).
+    #[arg(long, value_enum, hide = true)]
+    pub backend: Option<ScheduleBackend>,
+}
+
+/// Where a schedule lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleBackend {
+    Systemd,
+    Launchd,
+    Cron,
 }
 
 /// A package name as uv accepts it (PEP 503 normalized: lower case, runs of `-_.` → `-`).

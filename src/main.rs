@@ -17,6 +17,7 @@ mod prune;
 mod remove;
 mod report;
 mod retention;
+mod schedule;
 mod shim;
 mod usage;
 mod version;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Some(Command::InUse(args)) => run_in_use(&args.cache),
         Some(Command::Clean(args)) => run_clean(&args),
         Some(Command::Shim(args)) => run_shim(&args.action),
+        Some(Command::Schedule(args)) => schedule::run(&args.action, &cli.prune.cache),
         Some(Command::Completions(args)) => run_completions(args.shell),
         Some(Command::Man) => run_man(),
     };
@@ -109,6 +111,7 @@ fn prune_settings(args: &PruneArgs) -> prune::Settings {
             older_than: args.older_than,
             max_size: args.max_size,
         },
+        schedule: schedule::RunOptions { scheduled: args.scheduled, if_grown: args.if_grown },
     }
 }
 
@@ -126,6 +129,7 @@ fn run_clean(args: &CleanArgs) -> u8 {
         verbose: args.cache.verbose,
         proc_root: PathBuf::from("/proc"),
         retention: Default::default(),
+        schedule: Default::default(),
     };
     let title = if args.packages.is_empty() {
         "safe-prune clean".to_string()
@@ -151,6 +155,7 @@ fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let _ = signal_hook::flag::register(signal, stop.clone());
     }
+    let started = std::time::Instant::now();
     let human = !settings.json && !settings.quiet;
     let mut say = |line: &str| {
         if human {
@@ -163,6 +168,7 @@ fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
             (clean::run(settings, packages, &stop, &mut say), "No cache entries found")
         }
     };
+    schedule::log_run(settings, &result, started);
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(prune::Fatal::Strict(message)) => {
@@ -180,6 +186,9 @@ fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
             }
             append_step_summary(&report::step_summary_no_cache(title, &display));
             return exit::OK;
+        }
+        prune::Outcome::Skipped(skip) => {
+            return schedule::print_skipped(&skip, settings.json, settings.quiet)
         }
         prune::Outcome::Done(report) => report,
     };

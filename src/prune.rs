@@ -35,6 +35,8 @@ pub struct Settings {
     pub proc_root: PathBuf,
     /// `--keep-tools`, `--older-than`, `--max-size` (all off by default).
     pub retention: retention::Retention,
+    /// `--scheduled`, `--if-grown` (see `schedule`).
+    pub schedule: crate::schedule::RunOptions,
 }
 
 /// A failure that stops the run before anything is removed.
@@ -60,6 +62,8 @@ pub enum Fatal {
 pub enum Outcome {
     /// No cache directory: uv's message, exit 0.
     NoCache(String),
+    /// `--if-grown`: the cache has not grown; nothing was locked, scanned or removed (exit 0).
+    Skipped(crate::schedule::Skip),
     /// The run's report (errors inside mean exit 1).
     Done(Box<PruneReport>),
 }
@@ -131,6 +135,9 @@ pub fn run_planned(
         Ok(cache) => cache,
         Err(display) => return Ok(Outcome::NoCache(display)),
     };
+    if let Some(skip) = crate::schedule::skip_unless_grown(&settings.schedule, &cache.canonical) {
+        return Ok(Outcome::Skipped(skip));
+    }
     // `.lock` is not created yet (see below), so that a refused run leaves the cache as it was.
     let mut lock = if settings.force {
         // `--force` in uv means "do not wait": take the lock if free, else run beside uv.
@@ -238,6 +245,9 @@ pub fn run_planned(
         }
     }
     remover.finish();
+    if !settings.dry_run && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::schedule::record_grown(&settings.schedule, &cache.canonical);
+    }
     if size_after.is_some() && !settings.dry_run {
         size_after = Some(retention::measure(&cache.canonical));
     }

@@ -436,6 +436,7 @@ fn run(g: Globals, env_no_cache: bool, op: &crate::Operation, ci: bool, force: b
         verbose: g.verbose,
         proc_root: PathBuf::from("/proc"),
         retention: Default::default(),
+        schedule: Default::default(),
     };
     match crate::execute(op, &settings, title) {
         // uv has no "partial" status: a failed removal is an error (2).
