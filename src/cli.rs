@@ -27,6 +27,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// List the cache entries running processes use, and who uses them; removes nothing.
     InUse(InUseArgs),
+    /// Show where the cache's space goes, per bucket, package and entry, and what a prune,
+    /// `--keep-tools` and `--ci` would free; removes nothing.
+    Du(DuArgs),
     /// Clear the cache like `uv cache clean [PACKAGE...]`, keeping every entry in use.
     Clean(CleanArgs),
     /// Install or remove a `uv` link to safe-prune, so `uv cache prune`/`clean` are safe.
@@ -133,6 +136,16 @@ pub struct PruneArgs {
 pub struct InUseArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DuArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// Show at most N packages (and, with -v, entries); 0 shows all.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
 }
 
 #[derive(Debug, Clone, Args)]

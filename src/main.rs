@@ -8,9 +8,12 @@
 mod clean;
 mod cli;
 mod concurrent;
+mod du;
+mod explain;
 mod layout;
 mod locate;
 mod lock;
+mod names;
 mod plan;
 mod pointer;
 mod prune;
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         None => run_prune(&cli.prune),
         Some(Command::Prune(args)) => run_prune(&args),
         Some(Command::InUse(args)) => run_in_use(&args.cache),
+        Some(Command::Du(args)) => run_du(&args),
         Some(Command::Clean(args)) => run_clean(&args),
         Some(Command::Shim(args)) => run_shim(&args.action),
         Some(Command::Schedule(args)) => schedule::run(&args.action, &cli.prune.cache),
@@ -278,21 +282,27 @@ fn print_human(report: &report::PruneReport, verbose: u8, empty: &str) {
     if verbose > 0 {
         let verb = if report.dry_run { "Would remove" } else { "Removed" };
         for e in &report.removed_entries {
+            let what = e.label.describe();
             let _ = writeln!(
                 err,
-                "{verb} {} ({}, {})",
+                "{verb} {} ({}, {}){}{what}",
                 report::escape(&e.path.0),
                 serde_json::to_value(e.reason)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
-                report::human_bytes(e.bytes)
+                report::human_bytes(e.bytes),
+                if what.is_empty() { "" } else { "  " },
             );
         }
     }
     let verb = if report.dry_run { "Would remove" } else { "Removed" };
     let _ = writeln!(err, "{}", report::summary_line(&report.counts(), empty, verb));
     let _ = write!(err, "{}", report::kept_lines(report, verbose));
+    // Standing in for uv (`uv cache prune` through the shim), uv's lines stay uv's alone.
+    if verbose > 0 || wrapper::invoked_as(std::env::args_os().next().as_deref()).is_none() {
+        let _ = write!(err, "{}", explain::summary_lines(report));
+    }
     if let Some(processes) = &report.processes {
         let _ = write!(err, "{}", report::uninspectable_lines(processes));
     }
@@ -323,20 +333,26 @@ fn run_in_use(args: &CacheArgs) -> u8 {
         Ok(usage) => usage,
         Err(e) => return fatal(e),
     };
-    let entries: Vec<report::KeptEntry> = usage
+    let mut entries: Vec<report::KeptEntry> = usage
         .direct
         .iter()
         .map(|(rel, holders)| report::KeptEntry {
             path: report::JsonPath(rel.clone()),
             holders: holders.clone(),
             via: None,
+            label: Default::default(),
         })
         .chain(usage.closure.iter().map(|(rel, via)| report::KeptEntry {
             path: report::JsonPath(rel.clone()),
             holders: usage.direct.get(via).cloned().unwrap_or_default(),
             via: Some(report::JsonPath(via.clone())),
+            label: Default::default(),
         }))
         .collect();
+    let rels: Vec<PathBuf> = entries.iter().map(|k| k.path.0.clone()).collect();
+    for (k, label) in entries.iter_mut().zip(names::label_all(&cache.canonical, &rels, names::Detail::Full)) {
+        k.label = label;
+    }
     if args.format == Format::Json {
         let doc = serde_json::json!({
             "cache_dir": report::JsonPath(cache.canonical.clone()),
@@ -354,7 +370,9 @@ fn run_in_use(args: &CacheArgs) -> u8 {
         let _ = writeln!(out, "No cache entries in use ({} processes scanned)", usage.summary.scanned);
     }
     for k in &entries {
-        let _ = writeln!(out, "{}", report::escape(&k.path.0));
+        let what = k.label.describe();
+        let sep = if what.is_empty() { "" } else { "  " };
+        let _ = writeln!(out, "{}{sep}{what}", report::escape(&k.path.0));
         if let Some(via) = &k.via {
             let _ = writeln!(out, "  needed by {}", report::escape(&via.0));
             continue;
@@ -372,5 +390,38 @@ fn run_in_use(args: &CacheArgs) -> u8 {
         }
     }
     let _ = write!(std::io::stderr(), "{}", report::uninspectable_lines(&usage.summary));
+    exit::OK
+}
+
+fn run_du(args: &cli::DuArgs) -> u8 {
+    let cache = match prune::open_cache(&locate_inputs(&args.cache)) {
+        Ok(Ok(cache)) => cache,
+        Ok(Err(display)) => {
+            if args.cache.format == Format::Json {
+                println!("{}", serde_json::json!({"cache_dir": null, "no_cache": display}));
+            } else if !args.cache.quiet {
+                eprintln!("No cache found at: {display}");
+            }
+            return exit::OK;
+        }
+        Err(e) => return fatal(e),
+    };
+    let report = match du::measure(&cache, Path::new("/proc"), args.top) {
+        Ok(report) => report,
+        Err(e) => return fatal(e),
+    };
+    if args.cache.format == Format::Json {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &report);
+        let _ = writeln!(out);
+    } else if !args.cache.quiet {
+        let _ = write!(std::io::stdout().lock(), "{}", du::human(&report, args.cache.verbose));
+        let _ = write!(std::io::stderr(), "{}", report::uninspectable_lines(&report.processes));
+        for e in &report.errors {
+            if let Some(p) = &e.path {
+                eprintln!("warning: cannot read {}: {}", report::escape(&p.0), e.message);
+            }
+        }
+    }
     exit::OK
 }

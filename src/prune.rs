@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::concurrent;
 use crate::layout::{self, NotACache};
 use crate::locate::{self, Located};
+use crate::names;
 use crate::lock::{self, CacheLock};
 use crate::plan::{self, KeepReason, Phase, Protect};
 use crate::remove::{Counts, Progress, Remover};
@@ -203,6 +204,9 @@ pub fn run_planned(
         size_after = fit(&mut the_plan, &protect);
     }
 
+    // Names are read before anything goes: a removed archive cannot be named afterwards.
+    let labels = names::for_plan(&cache.canonical, &the_plan, names_detail(settings));
+    let label_of = |rel: &Path| labels.get(rel).cloned().unwrap_or_default();
     let progress = Arc::new(Progress::default());
     let remover = Remover::new(&cache.canonical, settings.dry_run)
         .map_err(|e| Fatal::Io(cache.canonical.clone(), e))?
@@ -234,6 +238,7 @@ pub fn run_planned(
                 files: counts.files,
                 dirs: counts.dirs,
                 bytes: counts.bytes,
+                label: label_of(&target.rel),
             });
         }
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -254,12 +259,15 @@ pub fn run_planned(
     let mode = lock.mode().to_string();
     drop(lock);
 
-    let kept_in_use = kept_in_use(&the_plan.kept, &usage);
+    let mut kept_in_use = kept_in_use(&the_plan.kept, &usage);
+    for k in &mut kept_in_use {
+        k.label = label_of(&k.path.0);
+    }
     let kept = the_plan
         .kept
         .iter()
         .filter(|(_, why)| **why != KeepReason::InUse)
-        .map(|(rel, why)| KeptOther { path: JsonPath(rel.clone()), reason: why.clone() })
+        .map(|(rel, why)| KeptOther { path: JsonPath(rel.clone()), reason: why.clone(), label: label_of(rel) })
         .collect();
     Ok(Outcome::Done(Box::new(PruneReport {
         cache_dir: JsonPath(cache.canonical.clone()),
@@ -273,6 +281,18 @@ pub fn run_planned(
         errors,
         size_after,
     })))
+}
+
+/// How much naming the output needs: none when nothing is printed, names for JSON and `-v`,
+/// else kinds for the summary (kept entries are always named: there are few).
+fn names_detail(settings: &Settings) -> Option<names::Detail> {
+    if settings.json || settings.verbose > 0 {
+        Some(names::Detail::Full)
+    } else if settings.quiet {
+        None
+    } else {
+        Some(names::Detail::Kind)
+    }
 }
 
 fn add_totals(totals: &mut Totals, counts: &Counts) {
@@ -342,11 +362,11 @@ fn kept_in_use(kept: &std::collections::BTreeMap<PathBuf, KeepReason>, usage: &U
         .into_iter()
         .map(|rel| {
             if let Some(holders) = usage.direct.get(rel) {
-                KeptEntry { path: JsonPath(rel.clone()), holders: holders.clone(), via: None }
+                KeptEntry { path: JsonPath(rel.clone()), holders: holders.clone(), via: None, label: Default::default() }
             } else {
                 let via = usage.closure.get(rel).cloned().unwrap_or_default();
                 let holders = usage.direct.get(&via).cloned().unwrap_or_default();
-                KeptEntry { path: JsonPath(rel.clone()), holders, via: Some(JsonPath(via)) }
+                KeptEntry { path: JsonPath(rel.clone()), holders, via: Some(JsonPath(via)), label: Default::default() }
             }
         })
         .collect()

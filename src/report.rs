@@ -9,6 +9,7 @@ use base64::Engine as _;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::names::Label;
 use crate::plan::{KeepReason, Reason};
 use crate::remove::Counts;
 use crate::usage::{Holder, ProcessSummary};
@@ -100,6 +101,9 @@ pub struct RemovedEntry {
     pub files: u64,
     pub dirs: u64,
     pub bytes: u64,
+    /// What it is: `name`, `kind`, `python`, `distributions` (see `names`).
+    #[serde(flatten)]
+    pub label: Label,
 }
 
 /// One entry kept because it is in use.
@@ -111,6 +115,8 @@ pub struct KeptEntry {
     /// overlay), the in-use entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<JsonPath>,
+    #[serde(flatten)]
+    pub label: Label,
 }
 
 /// An entry kept for another reason.
@@ -118,6 +124,8 @@ pub struct KeptEntry {
 pub struct KeptOther {
     pub path: JsonPath,
     pub reason: KeepReason,
+    #[serde(flatten)]
+    pub label: Label,
 }
 
 /// A failure that did not stop the run.
@@ -184,6 +192,10 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
         if verbose > 0 {
             for k in &report.kept_in_use {
                 let _ = writeln!(out, "  {}", escape(&k.path.0));
+                let what = k.label.describe();
+                if !what.is_empty() {
+                    let _ = writeln!(out, "    {what}");
+                }
                 if let Some(via) = &k.via {
                     let _ = writeln!(out, "    needed by {}", escape(&via.0));
                     continue;
@@ -214,7 +226,9 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
                 KeepReason::NewestTool => "the newest environment of its tool (--keep-tools)",
                 KeepReason::Recent => "used within --older-than",
             };
-            let _ = writeln!(out, "Kept {}: {why}", escape(&k.path.0));
+            let what = k.label.describe();
+            let what = if what.is_empty() { what } else { format!("  {what}") };
+            let _ = writeln!(out, "Kept {}: {why}{what}", escape(&k.path.0));
         }
     }
     if let Some(size) = report.size_after {
@@ -374,11 +388,17 @@ mod tests {
             removed: Totals { entries: 3, files: 91, dirs: 5, bytes: 204_800 },
             removed_entries: Vec::new(),
             kept_in_use: vec![
-                KeptEntry { path: JsonPath("archive-v0/a".into()), holders: vec![holder], via: None },
+                KeptEntry {
+                    path: JsonPath("archive-v0/a".into()),
+                    holders: vec![holder],
+                    via: None,
+                    label: Label::default(),
+                },
                 KeptEntry {
                     path: JsonPath("environments-v2/x/y".into()),
                     holders: Vec::new(),
                     via: Some(JsonPath("archive-v0/a".into())),
+                    label: Label::default(),
                 },
             ],
             kept: Vec::new(),
