@@ -12,8 +12,8 @@ use std::time::Duration;
 use crate::concurrent;
 use crate::layout::{self, NotACache};
 use crate::locate::{self, Located};
-use crate::names;
 use crate::lock::{self, CacheLock};
+use crate::names;
 use crate::plan::{self, KeepReason, Phase, Protect};
 use crate::remove::{Counts, Progress, Remover};
 use crate::report::{self, ErrorEntry, JsonPath, KeptEntry, KeptOther, PruneReport, RemovedEntry, Totals};
@@ -267,7 +267,11 @@ pub fn run_planned(
         .kept
         .iter()
         .filter(|(_, why)| **why != KeepReason::InUse)
-        .map(|(rel, why)| KeptOther { path: JsonPath(rel.clone()), reason: why.clone(), label: label_of(rel) })
+        .map(|(rel, why)| KeptOther {
+            path: JsonPath(rel.clone()),
+            reason: why.clone(),
+            label: label_of(rel),
+        })
         .collect();
     Ok(Outcome::Done(Box::new(PruneReport {
         cache_dir: JsonPath(cache.canonical.clone()),
@@ -362,11 +366,21 @@ fn kept_in_use(kept: &std::collections::BTreeMap<PathBuf, KeepReason>, usage: &U
         .into_iter()
         .map(|rel| {
             if let Some(holders) = usage.direct.get(rel) {
-                KeptEntry { path: JsonPath(rel.clone()), holders: holders.clone(), via: None, label: Default::default() }
+                KeptEntry {
+                    path: JsonPath(rel.clone()),
+                    holders: holders.clone(),
+                    via: None,
+                    label: Default::default(),
+                }
             } else {
                 let via = usage.closure.get(rel).cloned().unwrap_or_default();
                 let holders = usage.direct.get(&via).cloned().unwrap_or_default();
-                KeptEntry { path: JsonPath(rel.clone()), holders, via: Some(JsonPath(via)), label: Default::default() }
+                KeptEntry {
+                    path: JsonPath(rel.clone()),
+                    holders,
+                    via: Some(JsonPath(via)),
+                    label: Default::default(),
+                }
             }
         })
         .collect()
