@@ -551,20 +551,7 @@ fn venv_at(root: &Path, rel: &Path, detail: Detail) -> Option<Label> {
     }
     l.python = read_bounded(root, &cfg_path, READ_LIMIT, |_| false).and_then(|cfg| python_version(&cfg));
     let dists = installed(root, &abs);
-    // Top-level: requested, and required by no other installed distribution. uv marks every
-    // distribution it installs `REQUESTED`, so the dependency headers decide.
-    let required: BTreeSet<String> = dists
-        .iter()
-        .flat_map(|d| {
-            let key = d.key();
-            d.requires.iter().filter(move |r| **r != key).cloned()
-        })
-        .collect();
-    let mut top: Vec<&Distribution> =
-        dists.iter().filter(|d| d.requested && !required.contains(&d.key())).collect();
-    if top.is_empty() {
-        top = dists.iter().filter(|d| d.requested).collect();
-    }
+    let top = top_level(&dists);
     let top_keys: BTreeSet<String> = top.iter().map(|d| d.key()).collect();
     let mut ordered: Vec<&Distribution> = top.clone();
     ordered.extend(dists.iter().filter(|d| !top_keys.contains(&d.key())));
@@ -586,6 +573,31 @@ fn venv_at(root: &Path, rel: &Path, detail: Detail) -> Option<Label> {
         l.dependencies = ordered.len() - top.len();
     }
     Some(l)
+}
+
+/// Top-level distributions: requested, and required by no other installed distribution. uv
+/// marks every distribution it installs `REQUESTED`, so the dependency headers decide; when
+/// they leave nothing (a dependency cycle), every requested one counts.
+fn top_level(dists: &[Distribution]) -> Vec<&Distribution> {
+    let required: BTreeSet<String> = dists
+        .iter()
+        .flat_map(|d| {
+            let key = d.key();
+            d.requires.iter().filter(move |r| **r != key).cloned()
+        })
+        .collect();
+    let top: Vec<&Distribution> = dists.iter().filter(|d| d.requested && !required.contains(&d.key())).collect();
+    if top.is_empty() {
+        dists.iter().filter(|d| d.requested).collect()
+    } else {
+        top
+    }
+}
+
+/// The distributions the venv at `venv` (inside the cache at `root`) was asked for, as
+/// (normalized name, version): what a tool environment is a tool *of*.
+pub fn tool_distributions(root: &Path, venv: &Path) -> Vec<(String, String)> {
+    top_level(&installed(root, venv)).into_iter().map(|d| (d.key(), d.version.clone())).collect()
 }
 
 /// Every distribution in `lib/*/site-packages` of the venv at `venv` (sorted by name).

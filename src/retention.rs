@@ -39,7 +39,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::concurrent::normalize_name;
 use crate::layout::{self, Family, TopLevel};
 use crate::plan::{KeepReason, Phase, Plan, Protect, Reason, Target};
 use crate::remove::TRASH_PREFIX;
@@ -541,7 +540,8 @@ fn tool_environments(root: &Path) -> Vec<ToolEnvironment> {
             let Some(archive) = archive_of(root, &link) else { continue };
             let venv = root.join(&archive);
             let Ok(cfg) = read_small(&venv.join("pyvenv.cfg")) else { continue };
-            let mut dists = requested_dists(&venv);
+            // The tool's own distributions, not its dependencies (uv marks all `REQUESTED`).
+            let mut dists = crate::names::tool_distributions(root, &venv);
             if dists.is_empty() {
                 continue;
             }
@@ -641,27 +641,6 @@ fn python_minor(cfg: &[u8]) -> String {
     full.split('.').take(2).collect::<Vec<_>>().join(".")
 }
 
-/// `(normalized name, version)` of each `*.dist-info` with a `REQUESTED` marker.
-fn requested_dists(venv: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let Ok(libs) = std::fs::read_dir(venv.join("lib")) else { return out };
-    for lib in libs.flatten() {
-        let Ok(dists) = std::fs::read_dir(lib.path().join("site-packages")) else { continue };
-        for dist in dists.flatten() {
-            let name = dist.file_name();
-            let Some(stem) = name.as_bytes().strip_suffix(b".dist-info") else { continue };
-            if !dist.path().join("REQUESTED").is_file() {
-                continue;
-            }
-            let (dist_name, version) = match stem.iter().rposition(|&b| b == b'-') {
-                Some(i) => (&stem[..i], &stem[i + 1..]),
-                None => (stem, &b""[..]),
-            };
-            out.push((normalize_name(dist_name), String::from_utf8_lossy(version).into_owned()));
-        }
-    }
-    out
-}
 
 /// A PEP 440 version, compared as PEP 440 orders them (epoch, release, pre, post, dev; the
 /// local part is ignored). Anything unparsable is `None` and sorts below every version.
@@ -1101,8 +1080,13 @@ mod tests {
             let info = sp.join(format!("{name}-{version}.dist-info"));
             fs::create_dir_all(&info).unwrap();
             fs::write(info.join("REQUESTED"), "").unwrap();
+            let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Dist: dep\n\n");
+            fs::write(info.join("METADATA"), meta).unwrap();
         }
+        // A dependency, marked REQUESTED too, as uv 0.13.8 marks every distribution it installs.
         fs::create_dir_all(sp.join("dep-9.0.dist-info")).unwrap();
+        fs::write(sp.join("dep-9.0.dist-info/REQUESTED"), "").unwrap();
+        fs::write(sp.join("dep-9.0.dist-info/METADATA"), "Metadata-Version: 2.1\nName: dep\nVersion: 9.0\n\n").unwrap();
         fs::write(venv.join("pyvenv.cfg"), format!("home = /usr/bin\nversion_info = {python}.7\n")).unwrap();
         let dir = root.join("environments-v2").join(digest);
         fs::create_dir_all(&dir).unwrap();
