@@ -40,6 +40,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print safe-prune's man page (roff) on stdout.
     Man,
+    /// Run on every host sharing the cache: publish what this host's processes use into a
+    /// registry folder, and answer prunes' announcements (see `--registry`).
+    Agent(AgentArgs),
 }
 
 /// Output format.
@@ -122,6 +125,7 @@ pub struct PruneArgs {
     /// recently used wheels, unpacked sdists and index entries.
     #[arg(long, value_name = "SIZE", value_parser = crate::retention::parse_size)]
     pub max_size: Option<u64>,
+
     /// Do nothing (one directory read) unless `archive-v0` holds at least N more entries than
     /// after the last completed run with --if-grown (the count is kept in the state folder).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -130,6 +134,44 @@ pub struct PruneArgs {
     /// Run as scheduled by `safe-prune schedule install`: log the run to the state folder.
     #[arg(long, hide = true)]
     pub scheduled: bool,
+
+    #[command(flatten)]
+    pub shared: RegistryArgs,
+}
+
+/// One cache, many hosts: what every host's `safe-prune agent` publishes is kept too.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RegistryArgs {
+    /// Also keep what other hosts' processes use, as their `safe-prune agent --registry DIR`
+    /// publish it (DIR on the shared filesystem, not inside the cache).
+    #[arg(long, env = "SAFE_PRUNE_REGISTRY", value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+
+    /// With --registry: wait at most this long for the hosts' answers before removing.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub registry_timeout: Duration,
+
+    /// With --registry: ignore a host's record after this long without a heartbeat.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub host_expiry: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// The registry folder, on the filesystem the hosts share (not inside the cache).
+    #[arg(long, env = "SAFE_PRUNE_REGISTRY", value_name = "DIR")]
+    pub registry: PathBuf,
+
+    /// Republish this often (the host turns stale after three intervals without one).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Publish once and exit (no answers to announcements).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,6 +218,9 @@ pub struct CleanArgs {
     /// While other uv processes run, keep entries younger than this.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub grace: Duration,
+
+    #[command(flatten)]
+    pub shared: RegistryArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -248,6 +293,19 @@ pub struct ScheduleInstallArgs {
     /// Options for the scheduled `safe-prune prune` (default: --keep-tools), checked now.
     #[arg(last = true, value_name = "PRUNE-OPTIONS", allow_hyphen_values = true)]
     pub prune_options: Vec<std::ffi::OsString>,
+
+    /// Install `safe-prune agent` as a service that runs all the time instead (one cache, many
+    /// hosts): it publishes this host's in-use entries to --registry every --interval.
+    #[arg(long, requires = "registry", conflicts_with_all = ["every", "prune_options"])]
+    pub agent: bool,
+
+    /// With --agent: the registry folder on the shared filesystem (next to the cache).
+    #[arg(long, value_name = "DIR", requires = "agent")]
+    pub registry: Option<PathBuf>,
+
+    /// With --agent: how often the agent republishes.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -255,6 +313,10 @@ pub struct ScheduleWhereArgs {
     /// The system unit in /etc/systemd/system, not the user unit.
     #[arg(long)]
     pub system: bool,
+
+    /// The agent's service (`schedule install --agent`), not the prune schedule.
+    #[arg(long)]
+    pub agent: bool,
 
     /// The scheduler (default: launchd on macOS, systemd where it runs, else cron).
     #[arg(long, value_enum, hide = true)]

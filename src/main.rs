@@ -5,6 +5,7 @@
 //! refused, 2 usage or fatal error).
 #![deny(unsafe_code)]
 
+mod agent;
 mod clean;
 mod cli;
 mod concurrent;
@@ -17,6 +18,7 @@ mod names;
 mod plan;
 mod pointer;
 mod prune;
+mod registry;
 mod remove;
 mod report;
 mod retention;
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Some(Command::Schedule(args)) => schedule::run(&args.action, &cli.prune.cache),
         Some(Command::Completions(args)) => run_completions(args.shell),
         Some(Command::Man) => run_man(),
+        Some(Command::Agent(args)) => agent::main(&args),
     };
     ExitCode::from(code)
 }
@@ -115,6 +118,7 @@ fn prune_settings(args: &PruneArgs) -> prune::Settings {
             older_than: args.older_than,
             max_size: args.max_size,
         },
+        registry: registry::Config::from_args(&args.shared),
         schedule: schedule::RunOptions { scheduled: args.scheduled, if_grown: args.if_grown },
     }
 }
@@ -133,6 +137,7 @@ fn run_clean(args: &CleanArgs) -> u8 {
         verbose: args.cache.verbose,
         proc_root: PathBuf::from("/proc"),
         retention: Default::default(),
+        registry: registry::Config::from_args(&args.shared),
         schedule: Default::default(),
     };
     let title = if args.packages.is_empty() {

@@ -36,6 +36,8 @@ pub struct Settings {
     pub proc_root: PathBuf,
     /// `--keep-tools`, `--older-than`, `--max-size` (all off by default).
     pub retention: retention::Retention,
+    /// `--registry`: keep what other hosts sharing the cache use too.
+    pub registry: Option<crate::registry::Config>,
     /// `--scheduled`, `--if-grown` (see `schedule`).
     pub schedule: crate::schedule::RunOptions,
 }
@@ -57,6 +59,8 @@ pub enum Fatal {
     Scan(#[from] platform::ScanError),
     #[error("{0}")]
     Strict(String),
+    #[error("{0}")]
+    Registry(String),
 }
 
 /// How a run ended.
@@ -203,6 +207,29 @@ pub fn run_planned(
         the_plan = make_plan(&cache.canonical, &protect);
         size_after = fit(&mut the_plan, &protect);
     }
+    // Other hosts sharing the cache (`--registry`): keep what they published and what they use
+    // of this plan (their answers to its announcement); remove only what every live host cleared.
+    let mut hosts = None;
+    if let Some(config) = &settings.registry {
+        let shared = crate::registry::coordinate(
+            config,
+            &cache,
+            &the_plan,
+            settings.strict,
+            &settings.proc_root,
+            stop,
+        )?;
+        shared.merge_into(&mut usage);
+        protect = protect_from(&usage);
+        if lock.concurrent() {
+            concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
+        }
+        keep(&mut protect);
+        the_plan = make_plan(&cache.canonical, &protect);
+        size_after = fit(&mut the_plan, &protect);
+        shared.restrict(&mut the_plan);
+        hosts = Some(shared.hosts);
+    }
 
     // Names are read before anything goes: a removed archive cannot be named afterwards.
     let labels = names::for_plan(&cache.canonical, &the_plan, names_detail(settings));
@@ -284,6 +311,7 @@ pub fn run_planned(
         lock: Some(mode),
         errors,
         size_after,
+        hosts,
     })))
 }
 

@@ -164,6 +164,9 @@ pub struct PruneReport {
     /// With `--max-size`: the cache's size after the run, in allocated bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size_after: Option<u64>,
+    /// With `--registry`: every host sharing the cache, live, stale or expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<crate::registry::HostReport>>,
 }
 
 impl PruneReport {
@@ -230,6 +233,9 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
             let what = if what.is_empty() { what } else { format!("  {what}") };
             let _ = writeln!(out, "Kept {}: {why}{what}", escape(&k.path.0));
         }
+    }
+    if let Some(hosts) = &report.hosts {
+        out.push_str(&crate::registry::host_lines(hosts, verbose));
     }
     if let Some(size) = report.size_after {
         let verb = if report.dry_run { "would be" } else { "is" };
@@ -409,6 +415,7 @@ mod tests {
                 message: "denied".into(),
             }],
             size_after: None,
+            hosts: None,
         };
         let md = step_summary("safe-prune --ci", &report);
         assert!(md.starts_with("### safe-prune --ci\n\nCache: `/home/runner/.cache/uv`\n"), "{md}");

@@ -8,6 +8,7 @@
 //! where the runs are logged. Every file `install` writes carries [`MARKER`]; `status` and
 //! `uninstall` act only on files that have it. Nothing is ever written inside the cache.
 
+mod agent;
 mod cron;
 mod launchd;
 mod state;
@@ -123,6 +124,9 @@ impl Env {
 pub fn run(action: &ScheduleAction, global: &CacheArgs) -> u8 {
     let json = global.format == crate::cli::Format::Json;
     let result = match action {
+        ScheduleAction::Install(args) if args.agent => agent::install(args, global, &Env::from_process()),
+        ScheduleAction::Status(args) if args.agent => agent::status_main(args, json),
+        ScheduleAction::Uninstall(args) if args.agent => agent::uninstall(args, &Env::from_process()),
         ScheduleAction::Install(args) => install(args, global),
         ScheduleAction::Status(args) => status(args, json),
         ScheduleAction::Uninstall(args) => uninstall(args),
@@ -680,7 +684,12 @@ fn status(args: &ScheduleWhereArgs, json: bool) -> Result<u8, String> {
 /// The first word `systemctl <verb> safe-prune.timer` prints (`enabled`, `active`, ...), or
 /// why it cannot say.
 fn systemctl_state(system: bool, verb: &str) -> Result<String, String> {
-    let words = systemctl_words(system, &[verb, systemd::TIMER]);
+    systemctl_state_of(system, verb, systemd::TIMER)
+}
+
+/// The same for any unit (the agent's service, too).
+fn systemctl_state_of(system: bool, verb: &str, unit: &str) -> Result<String, String> {
+    let words = systemctl_words(system, &[verb, unit]);
     let (_, stdout, stderr) = tool_output(&words[0], &words[1..])?;
     match stdout.split_whitespace().next() {
         Some(word) => Ok(word.to_string()),

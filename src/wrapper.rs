@@ -436,6 +436,8 @@ fn run(g: Globals, env_no_cache: bool, op: &crate::Operation, ci: bool, force: b
         verbose: g.verbose,
         proc_root: PathBuf::from("/proc"),
         retention: Default::default(),
+        // `SAFE_PRUNE_REGISTRY`: other hosts' entries are kept through the shim too.
+        registry: crate::registry::Config::from_env(),
         schedule: Default::default(),
     };
     match crate::execute(op, &settings, title) {
