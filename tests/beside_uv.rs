@@ -53,26 +53,35 @@ fn lock_holders(cache: &Path) -> Vec<(u32, bool)> {
 fn holds_uv_lock_exclusively_while_pruning_when_free() {
     let env = TestEnv::new();
     env.populate_cache();
-    add_synthetic_archives(&env.cache, 600, 40);
+    // Enough work that the prune is still running when the uv command below starts.
+    add_synthetic_archives(&env.cache, 1000, 40);
     let mut child = Child(env.command(common::bin()).arg("-q").spawn().unwrap());
     let pid = child.id();
     let mut saw_exclusive = false;
-    let mut saw_uv_wait = false;
+    let mut saw_flock_refused = false;
+    let mut uv_said_it_waits = String::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if lock_holders(&env.cache).contains(&(pid, true)) {
             saw_exclusive = true;
-            // A uv command started now must wait for the lock (it fails with 1 s timeout).
+            // Deterministic: a shared lock, which every uv process takes, cannot be had now.
+            let shared = Command::new("flock")
+                .args(["-s", "-n"])
+                .arg(env.cache.join(".lock"))
+                .arg("true")
+                .status()
+                .unwrap();
+            saw_flock_refused = !shared.success();
+            // And a real uv command started now waits for it (it logs so with -v).
             let out = env
                 .uv_cmd()
-                .args(["pip", "list", "--python"])
-                .arg(common::python())
-                .env("UV_LOCK_TIMEOUT", "1")
+                .args(["-v", "venv"])
+                .arg(env.work.join("started-mid-prune"))
+                .env("UV_LOCK_TIMEOUT", "120")
                 .output()
                 .unwrap();
-            if !out.status.success() && !lock_holders(&env.cache).is_empty() {
-                saw_uv_wait = true;
-            }
+            assert!(out.status.success(), "{}", show(&out));
+            uv_said_it_waits = common::stderr(&out);
             break;
         }
         if child.wait_timeout(Duration::from_millis(1)).is_some() {
@@ -82,7 +91,11 @@ fn holds_uv_lock_exclusively_while_pruning_when_free() {
     let status = child.wait_timeout(Duration::from_secs(120)).expect("safe-prune hung");
     assert!(status.success());
     assert!(saw_exclusive, "never saw safe-prune hold uv's lock exclusively");
-    assert!(saw_uv_wait, "a uv command started mid-prune did not wait for the lock");
+    assert!(saw_flock_refused, "a shared flock was granted while safe-prune held the lock");
+    assert!(
+        uv_said_it_waits.contains("Waiting to acquire shared lock"),
+        "a uv command started mid-prune did not wait for the lock:\n{uv_said_it_waits}"
+    );
     assert!(!env.cache.join("archive-v0/synthetic00000").exists());
 }
 
