@@ -17,6 +17,7 @@ mod lock;
 mod names;
 mod plan;
 mod pointer;
+mod progress;
 mod prune;
 mod registry;
 mod remove;
@@ -24,6 +25,7 @@ mod report;
 mod retention;
 mod schedule;
 mod shim;
+mod timings;
 mod usage;
 mod version;
 mod wrapper;
@@ -46,6 +48,7 @@ mod exit {
 }
 
 fn main() -> ExitCode {
+    let start = std::time::Instant::now();
     // Installed as `uv` (or `uvx`): read uv's command line, hand everything but cache
     // prune/clean to the real uv.
     if let Some(invoked) = wrapper::invoked_as(std::env::args_os().next().as_deref()) {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Some(Command::Man) => run_man(),
         Some(Command::Agent(args)) => agent::main(&args),
     };
+    timings::print(start);
     ExitCode::from(code)
 }
 

@@ -252,6 +252,24 @@ impl Planner<'_> {
         self.plan.targets.push(Target { rel, reason, phase });
     }
 
+    /// Names in a directory (relative) with their types (`None`: vanished), sorted; the type
+    /// comes from the directory listing itself (`d_type`), so no `lstat` per entry.
+    fn list_typed(&mut self, rel: &Path) -> Vec<(std::ffi::OsString, Option<fs::FileType>)> {
+        match fs::read_dir(self.root.join(rel)) {
+            Ok(entries) => {
+                let mut names: Vec<_> =
+                    entries.filter_map(|e| e.ok()).map(|e| (e.file_name(), e.file_type().ok())).collect();
+                names.sort_by(|a, b| a.0.cmp(&b.0));
+                names
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                self.error(rel, e);
+                Vec::new()
+            }
+        }
+    }
+
     /// Names in a directory (relative), sorted for a stable plan; errors are recorded.
     fn list(&mut self, rel: &Path) -> Vec<std::ffi::OsString> {
         match fs::read_dir(self.root.join(rel)) {
@@ -372,24 +390,24 @@ impl Planner<'_> {
     }
 
     /// Canonical targets of every archive link that survives the earlier steps, following
-    /// uv's `find_archive_references` filter.
-    fn archive_references(&mut self, buckets: &[PathBuf]) -> HashSet<PathBuf> {
+    /// uv's `find_archive_references` filter. `archives` holds the canonical paths of the
+    /// archive entries that are real directories (see [`Planner::link_target`]).
+    fn archive_references(&mut self, buckets: &[PathBuf], archives: &HashSet<PathBuf>) -> HashSet<PathBuf> {
         let mut refs = HashSet::new();
         let mut stack: Vec<PathBuf> = buckets.to_vec();
         while let Some(dir) = stack.pop() {
-            for name in self.list(&dir) {
+            for (name, kind) in self.list_typed(&dir) {
                 let rel = dir.join(&name);
                 if self.doomed.contains(&rel) || skipped_by_reference_walk(&name) {
                     continue;
                 }
-                let path = self.root.join(&rel);
-                let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-                if meta.file_type().is_symlink() {
+                let Some(kind) = kind else { continue };
+                if kind.is_symlink() {
                     // A dangling link references nothing (uv skips it silently).
-                    if let Ok(target) = fs::canonicalize(&path) {
+                    if let Some(target) = self.link_target(&rel, archives) {
                         refs.insert(target);
                     }
-                } else if meta.is_dir() {
+                } else if kind.is_dir() {
                     stack.push(rel);
                 }
             }
@@ -397,14 +415,63 @@ impl Planner<'_> {
         refs
     }
 
+    /// `fs::canonicalize` of the link at `rel`, with one `readlink` instead of one per path
+    /// component in the usual case. A link that uv wrote (`../../../archive-v0/<id>`, or an
+    /// absolute path from uv < 0.11.17) resolves lexically to exactly its canonical path when
+    /// its `..` steps all come first and the result is an archive entry that is a real
+    /// directory: the cache root is canonical, the link's own directory was reached through
+    /// real directories only, and every prefix of the result is then the root, the archive
+    /// bucket or the entry. Anything else is resolved by the kernel.
+    fn link_target(&self, rel: &Path, archives: &HashSet<PathBuf>) -> Option<PathBuf> {
+        use std::path::Component;
+        let path = self.root.join(rel);
+        let target = fs::read_link(&path).ok()?;
+        let mut lexical = if target.is_absolute() { PathBuf::new() } else { self.root.join(rel.parent()?) };
+        let mut descended = false;
+        let mut simple = true;
+        for component in target.components() {
+            match component {
+                Component::RootDir => lexical.push("/"),
+                Component::CurDir => {}
+                Component::ParentDir if !descended => {
+                    lexical.pop();
+                }
+                Component::Normal(name) => {
+                    descended = true;
+                    lexical.push(name);
+                }
+                Component::ParentDir | Component::Prefix(_) => {
+                    simple = false;
+                    break;
+                }
+            }
+        }
+        if simple && archives.contains(&lexical) {
+            return Some(lexical);
+        }
+        fs::canonicalize(&path).ok()
+    }
+
     /// Archives whose canonical path no surviving link resolves to.
     fn unreferenced_archives(&mut self, archive: &Path, reference_buckets: &[PathBuf]) {
-        let refs = self.archive_references(reference_buckets);
-        for name in self.list(archive) {
+        // The root is canonical and the bucket a real directory: an entry that is not a link
+        // is its own canonical path; only links need resolving.
+        let entries = self.list_typed(archive);
+        let real: HashSet<PathBuf> = entries
+            .iter()
+            .filter(|(_, kind)| kind.is_some_and(|k| k.is_dir()))
+            .map(|(name, _)| self.root.join(archive).join(name))
+            .collect();
+        let refs = self.archive_references(reference_buckets, &real);
+        for (name, kind) in entries {
             let rel = archive.join(name);
+            let path = self.root.join(&rel);
             // uv canonicalizes each entry (and aborts the whole prune on a dangling link, after
             // deleting most of the cache). A dangling link here references nothing: it goes.
-            let referenced = fs::canonicalize(self.root.join(&rel)).is_ok_and(|t| refs.contains(&t));
+            let referenced = match kind {
+                Some(k) if !k.is_symlink() => refs.contains(&path),
+                _ => fs::canonicalize(&path).is_ok_and(|t| refs.contains(&t)),
+            };
             if !referenced {
                 self.consider(rel, Reason::UnreferencedArchive, Phase::Archives);
             }
@@ -583,6 +650,36 @@ mod tests {
     }
 
     #[test]
+    fn link_targets_resolve_exactly_like_canonicalize() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        symlink("used", root.join("archive-v0/alias")).unwrap();
+        symlink(root.join("archive-v0"), root.join("wheels-v7/arch")).unwrap();
+        fs::create_dir_all(root.join("wheels-v7/pypi/b")).unwrap();
+        let links = [
+            ("rel", PathBuf::from("../../../archive-v0/env")),
+            ("abs", root.join("archive-v0/orphan")),
+            ("dotted", PathBuf::from(".././../../archive-v0/./used")),
+            ("up-down-up", PathBuf::from("../b/../../../archive-v0/used")),
+            ("through-a-link", PathBuf::from("../../arch/orphan")),
+            ("to-a-linked-archive", PathBuf::from("../../../archive-v0/alias")),
+            ("dangling", PathBuf::from("../../../archive-v0/nope")),
+            ("inside", PathBuf::from("../../../archive-v0/used/x")),
+            ("above-root", PathBuf::from("../../../../../../../../../..")),
+        ];
+        let real: HashSet<PathBuf> =
+            ["env", "orphan", "used"].iter().map(|n| root.join("archive-v0").join(n)).collect();
+        let protect = Protect::default();
+        let planner = Planner::new(&root, &protect);
+        for (name, target) in &links {
+            let rel = Path::new("wheels-v7/pypi/b").join(name);
+            symlink(target, root.join(&rel)).unwrap();
+            let expected = fs::canonicalize(root.join(&rel)).ok();
+            assert_eq!(planner.link_target(&rel, &real), expected, "{name}");
+        }
+    }
+
+    #[test]
     fn reference_walk_filter_matches_uv() {
         for skipped in ["src", ".lock", ".gitignore", "a.lock", "x.WHL", "r.http", "p.rev", "m.msgpack"] {
             assert!(skipped_by_reference_walk(OsStr::new(skipped)), "{skipped}");
@@ -608,12 +705,16 @@ mod tests {
             for (i, a) in env_links.iter().enumerate() {
                 let dir = root.join(format!("environments-v2/d{}", i % 2));
                 fs::create_dir_all(&dir).unwrap();
-                let _ = symlink(format!("../../archive-v0/a{}", a % archives.max(1)), dir.join(format!("r{i}")));
+                let _ =
+                    symlink(format!("../../archive-v0/a{}", a % archives.max(1)), dir.join(format!("r{i}")));
             }
             for (i, a) in wheel_links.iter().enumerate() {
                 let dir = root.join(format!("wheels-v7/pypi/p{i}"));
                 fs::create_dir_all(&dir).unwrap();
-                let _ = symlink(format!("../../../archive-v0/a{}", a % archives.max(1)), dir.join("1.0-py3-none-any"));
+                let _ = symlink(
+                    format!("../../../archive-v0/a{}", a % archives.max(1)),
+                    dir.join("1.0-py3-none-any"),
+                );
             }
             for j in 0..junk {
                 fs::create_dir_all(root.join(format!(".tmpjunk{j}/x"))).unwrap();

@@ -18,6 +18,7 @@ use crate::plan::{self, KeepReason, Phase, Protect};
 use crate::remove::{Counts, Progress, Remover};
 use crate::report::{self, ErrorEntry, JsonPath, KeptEntry, KeptOther, PruneReport, RemovedEntry, Totals};
 use crate::retention;
+use crate::timings;
 use crate::usage::{self, CacheView, Usage};
 
 /// What the user asked for, as plain data.
@@ -114,8 +115,8 @@ pub fn open_cache(inputs: &locate::Inputs) -> Result<Result<Cache, String>, Fata
 pub fn scan(cache: &Cache, proc_root: &Path) -> Result<Usage, Fatal> {
     let mountinfo = std::fs::read(proc_root.join("self/mountinfo")).ok();
     let view = CacheView::new(&cache.canonical, &cache.absolute, mountinfo.as_deref());
-    let report = platform::scan(&view.request(proc_root))?;
-    Ok(usage::map_scan(&view, &report))
+    let report = timings::phase("scan", || platform::scan(&view.request(proc_root)))?;
+    Ok(timings::phase("map", || usage::map_scan(&view, &report)))
 }
 
 /// Run a prune.
@@ -191,7 +192,7 @@ pub fn run_planned(
         )
     };
     keep(&mut protect);
-    let mut the_plan = make_plan(&cache.canonical, &protect);
+    let mut the_plan = timings::phase("plan", || make_plan(&cache.canonical, &protect));
     let fit = |plan: &mut plan::Plan, protect: &Protect| {
         retention::fit(&cache.canonical, &settings.proc_root, &settings.retention, protect, plan)
     };
@@ -232,12 +233,19 @@ pub fn run_planned(
     }
 
     // Names are read before anything goes: a removed archive cannot be named afterwards.
-    let labels = names::for_plan(&cache.canonical, &the_plan, names_detail(settings));
+    let labels =
+        timings::phase("names", || names::for_plan(&cache.canonical, &the_plan, names_detail(settings)));
     let label_of = |rel: &Path| labels.get(rel).cloned().unwrap_or_default();
     let progress = Arc::new(Progress::default());
     let remover = Remover::new(&cache.canonical, settings.dry_run)
         .map_err(|e| Fatal::Io(cache.canonical.clone(), e))?
         .with_progress(progress.clone());
+    let bar = crate::progress::Bar::start(
+        progress.clone(),
+        the_plan.targets.len() as u64,
+        settings.dry_run,
+        crate::progress::wanted(settings.json, settings.quiet),
+    );
     let mut removed = Vec::new();
     let mut errors: Vec<ErrorEntry> = the_plan
         .errors
@@ -248,7 +256,7 @@ pub fn run_planned(
     for phase in [Phase::References, Phase::Archives, Phase::Files] {
         let targets: Vec<&plan::Target> = the_plan.targets.iter().filter(|t| t.phase == phase).collect();
         let rels: Vec<&Path> = targets.iter().map(|t| t.rel.as_path()).collect();
-        let results = remover.remove_all(&rels, stop);
+        let results = timings::phase("remove", || remover.remove_all(&rels, stop));
         for (target, result) in targets.iter().zip(results) {
             let Some(result) = result else { continue };
             let counts = match result {
@@ -276,6 +284,7 @@ pub fn run_planned(
             break;
         }
     }
+    bar.finish();
     remover.finish();
     if !settings.dry_run && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         crate::schedule::record_grown(&settings.schedule, &cache.canonical);
