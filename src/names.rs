@@ -586,7 +586,8 @@ fn top_level(dists: &[Distribution]) -> Vec<&Distribution> {
             d.requires.iter().filter(move |r| **r != key).cloned()
         })
         .collect();
-    let top: Vec<&Distribution> = dists.iter().filter(|d| d.requested && !required.contains(&d.key())).collect();
+    let top: Vec<&Distribution> =
+        dists.iter().filter(|d| d.requested && !required.contains(&d.key())).collect();
     if top.is_empty() {
         dists.iter().filter(|d| d.requested).collect()
     } else {

@@ -641,7 +641,6 @@ fn python_minor(cfg: &[u8]) -> String {
     full.split('.').take(2).collect::<Vec<_>>().join(".")
 }
 
-
 /// A PEP 440 version, compared as PEP 440 orders them (epoch, release, pre, post, dev; the
 /// local part is ignored). Anything unparsable is `None` and sorts below every version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -1080,13 +1079,18 @@ mod tests {
             let info = sp.join(format!("{name}-{version}.dist-info"));
             fs::create_dir_all(&info).unwrap();
             fs::write(info.join("REQUESTED"), "").unwrap();
-            let meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Dist: dep\n\n");
+            let meta =
+                format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Dist: dep\n\n");
             fs::write(info.join("METADATA"), meta).unwrap();
         }
         // A dependency, marked REQUESTED too, as uv 0.13.8 marks every distribution it installs.
         fs::create_dir_all(sp.join("dep-9.0.dist-info")).unwrap();
         fs::write(sp.join("dep-9.0.dist-info/REQUESTED"), "").unwrap();
-        fs::write(sp.join("dep-9.0.dist-info/METADATA"), "Metadata-Version: 2.1\nName: dep\nVersion: 9.0\n\n").unwrap();
+        fs::write(
+            sp.join("dep-9.0.dist-info/METADATA"),
+            "Metadata-Version: 2.1\nName: dep\nVersion: 9.0\n\n",
+        )
+        .unwrap();
         fs::write(venv.join("pyvenv.cfg"), format!("home = /usr/bin\nversion_info = {python}.7\n")).unwrap();
         let dir = root.join("environments-v2").join(digest);
         fs::create_dir_all(&dir).unwrap();
