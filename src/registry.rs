@@ -590,17 +590,7 @@ fn normalize(path: &Path) -> PathBuf {
     } else {
         std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(path)
     };
-    let mut out = PathBuf::new();
-    for c in absolute.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
+    crate::usage::normalize(&absolute)
 }
 
 pub fn unix_secs(t: SystemTime) -> u64 {

@@ -173,7 +173,7 @@ pub fn device_of(dev: u64) -> Device {
 }
 
 /// Lexically normalize an absolute path (`.` removed, `..` applied).
-fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
