@@ -12,11 +12,17 @@
 //!   `uv run --with` command names: between resolving the environment's link and starting
 //!   the tool, uv has no other visible evidence of the environment.
 //!
+//! The protections come from one listing of the cache and the plan from another, taken a
+//! moment later: an entry uv creates in between (a `.tmp*` staging directory, an archive
+//! renamed into `archive-v0` before its link exists) would be planned without ever having been
+//! judged. [`settle`] therefore re-plans until every target of a plan was already listed by
+//! the previous one, i.e. existed before the protections were last computed.
+//!
 //! Residual window: an environment uv resolved through a link created more than the grace
 //! period ago, for a command line we cannot parse (a package named only inside a
 //! requirements file), started in the milliseconds between our last scan and the removal.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -25,7 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::layout::{self, Family, TopLevel};
 use crate::lock;
-use crate::plan::{KeepReason, Protect};
+use crate::plan::{KeepReason, Plan, PlanError, Protect};
 use crate::usage::Usage;
 
 /// Add every concurrent-mode protection for the cache at `root`.
@@ -53,6 +59,32 @@ pub fn protect(root: &Path, usage: &Usage, grace: Duration, protect: &mut Protec
     for env in requested_environments(root, &usage.uv_commands) {
         protect.add(env, KeepReason::InUse);
     }
+}
+
+/// How many times [`settle`] re-plans before giving up on a cache that keeps changing.
+const SETTLE_ROUNDS: usize = 8;
+
+/// Build plans (each computing its protections afresh, then listing the cache) until one
+/// plans nothing the previous plan did not: every target then existed before the last
+/// protections were computed, so each was judged (age, lock, use) after it appeared.
+/// A cache that never settles gets an empty plan with an error: nothing unjudged is removed.
+pub fn settle<T>(mut build: impl FnMut() -> (Plan, T)) -> (Plan, T) {
+    let (mut plan, mut extra) = build();
+    for _ in 0..SETTLE_ROUNDS {
+        let listed: HashSet<PathBuf> = plan.targets.iter().map(|t| t.rel.clone()).collect();
+        (plan, extra) = build();
+        if plan.targets.iter().all(|t| listed.contains(&t.rel)) {
+            return (plan, extra);
+        }
+    }
+    plan.targets.clear();
+    plan.errors.push(PlanError {
+        rel: PathBuf::new(),
+        message: format!(
+            "uv processes kept adding entries while this run planned ({SETTLE_ROUNDS} rounds); nothing removed, run again later"
+        ),
+    });
+    (plan, extra)
 }
 
 /// Young entries and held locks inside one bucket (two levels deep: enough for
@@ -270,6 +302,70 @@ mod tests {
     fn normalization() {
         assert_eq!(normalize_name(b"Foo__Bar.baz"), "foo-bar-baz");
         assert_eq!(normalize_name(b"_x"), "x");
+    }
+
+    /// uv creates entries between our two listings (protections, then plan): one plan
+    /// removes them unjudged; a settled plan has judged them young and keeps them.
+    #[test]
+    fn settle_judges_entries_created_between_protections_and_plan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::write(root.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+        for d in ["archive-v0/old", ".tmpOLD"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        // Ages are whole seconds: after 2.2 s the entries above are older than a 2 s grace.
+        std::thread::sleep(Duration::from_millis(2200));
+        let grace = Duration::from_secs(2);
+        let usage = Usage::default();
+        let create = |root: &Path| {
+            std::fs::create_dir_all(root.join(".tmpNEW/python")).unwrap();
+            std::fs::create_dir_all(root.join("archive-v0/new")).unwrap();
+        };
+        let build = |created: &mut bool| {
+            let mut keep = Protect::default();
+            protect(&root, &usage, grace, &mut keep);
+            if !std::mem::replace(created, true) {
+                create(&root);
+            }
+            (crate::plan::plan(&root, crate::plan::Options::default(), &keep), ())
+        };
+        let targets = |plan: &Plan| -> BTreeSet<String> {
+            plan.targets.iter().map(|t| t.rel.display().to_string()).collect()
+        };
+
+        let (once, ()) = build(&mut false);
+        assert_eq!(
+            targets(&once),
+            [".tmpNEW", ".tmpOLD", "archive-v0/new", "archive-v0/old"].map(String::from).into()
+        );
+        std::fs::remove_dir_all(root.join(".tmpNEW")).unwrap();
+        std::fs::remove_dir_all(root.join("archive-v0/new")).unwrap();
+
+        let mut created = false;
+        let (settled, ()) = settle(|| build(&mut created));
+        assert_eq!(targets(&settled), [".tmpOLD", "archive-v0/old"].map(String::from).into());
+        assert_eq!(settled.kept.get(Path::new(".tmpNEW")), Some(&KeepReason::Young));
+        assert_eq!(settled.kept.get(Path::new("archive-v0/new")), Some(&KeepReason::Young));
+        assert!(settled.errors.is_empty());
+    }
+
+    #[test]
+    fn settle_gives_up_on_a_cache_that_never_settles() {
+        let mut round = 0;
+        let (plan, ()) = settle(|| {
+            round += 1;
+            let mut plan = Plan::default();
+            plan.targets.push(crate::plan::Target {
+                rel: PathBuf::from(format!(".tmp{round}")),
+                reason: crate::plan::Reason::UnknownEntry,
+                phase: crate::plan::Phase::References,
+            });
+            (plan, ())
+        });
+        assert!(plan.targets.is_empty());
+        assert_eq!(plan.errors.len(), 1);
+        assert_eq!(round, SETTLE_ROUNDS + 1);
     }
 
     #[test]

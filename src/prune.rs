@@ -178,35 +178,40 @@ pub fn run_planned(
         // now that this run will remove things.
         lock = lock::acquire(&cache.canonical, true, None, || {}).map_err(Fatal::Lock)?;
     }
-    let mut protect = protect_from(&usage);
-    if lock.concurrent() {
-        concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
-    }
-    let keep = |protect: &mut Protect| {
+    // Protections, then the plan, then `--max-size` fitting; beside running uv the plan is
+    // settled (see `concurrent::settle`): everything it removes was judged after it appeared.
+    let concurrent = lock.concurrent();
+    let build_once = |usage: &Usage| {
+        let mut protect = protect_from(usage);
+        if concurrent {
+            concurrent::protect(&cache.canonical, usage, settings.grace, &mut protect);
+        }
         retention::protect(
             &cache.canonical,
             &cache.absolute,
             &settings.proc_root,
             &settings.retention,
-            protect,
-        )
+            &mut protect,
+        );
+        let mut plan = timings::phase("plan", || make_plan(&cache.canonical, &protect));
+        let size_after =
+            retention::fit(&cache.canonical, &settings.proc_root, &settings.retention, &protect, &mut plan);
+        (plan, size_after)
     };
-    keep(&mut protect);
-    let mut the_plan = timings::phase("plan", || make_plan(&cache.canonical, &protect));
-    let fit = |plan: &mut plan::Plan, protect: &Protect| {
-        retention::fit(&cache.canonical, &settings.proc_root, &settings.retention, protect, plan)
+    let build = |usage: &Usage| {
+        if concurrent {
+            concurrent::settle(|| build_once(usage))
+        } else {
+            build_once(usage)
+        }
     };
-    let mut size_after = fit(&mut the_plan, &protect);
-    if !settings.dry_run && lock.concurrent() && !the_plan.targets.is_empty() {
+    let (mut the_plan, mut size_after) = build(&usage);
+    if !settings.dry_run && concurrent && !the_plan.targets.is_empty() {
         // Look again right before removing: a process that started since the first scan
         // (and whose uv parent we cannot lock out) is caught here.
         let again = scan(&cache, &settings.proc_root)?;
         merge_usage(&mut usage, again);
-        protect = protect_from(&usage);
-        concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
-        keep(&mut protect);
-        the_plan = make_plan(&cache.canonical, &protect);
-        size_after = fit(&mut the_plan, &protect);
+        (the_plan, size_after) = build(&usage);
     }
     // Other hosts sharing the cache (`--registry`): keep what they published and what they use
     // of this plan (their answers to its announcement); remove only what every live host cleared.
@@ -221,13 +226,7 @@ pub fn run_planned(
             stop,
         )?;
         shared.merge_into(&mut usage);
-        protect = protect_from(&usage);
-        if lock.concurrent() {
-            concurrent::protect(&cache.canonical, &usage, settings.grace, &mut protect);
-        }
-        keep(&mut protect);
-        the_plan = make_plan(&cache.canonical, &protect);
-        size_after = fit(&mut the_plan, &protect);
+        (the_plan, size_after) = build(&usage);
         shared.restrict(&mut the_plan);
         hosts = Some(shared.hosts);
     }
