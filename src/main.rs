@@ -359,7 +359,8 @@ fn run_in_use(args: &CacheArgs) -> u8 {
         }))
         .collect();
     let rels: Vec<PathBuf> = entries.iter().map(|k| k.path.0.clone()).collect();
-    for (k, label) in entries.iter_mut().zip(names::label_all(&cache.canonical, &rels, names::Detail::Full)) {
+    let labels = timings::phase("names", || names::label_all(&cache.canonical, &rels, names::Detail::Full));
+    for (k, label) in entries.iter_mut().zip(labels) {
         k.label = label;
     }
     if args.format == Format::Json {

@@ -19,9 +19,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use platform::{Device, Evidence, ScanReport, ScanRequest, Source};
+use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::layout::{self, TopLevel};
+use crate::layout::{self, Family, TopLevel};
 
 /// One spelling of (a part of) the cache: a path under `prefix` is `rel` joined with the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,11 +113,15 @@ impl<'a> CacheView<'a> {
         Self { root, spellings, device }
     }
 
-    /// The cache-relative path of an absolute path, through any spelling.
+    /// The cache-relative path of an absolute path, through any spelling (the reference that
+    /// [`CacheView::entry_of_path`] is tested against).
+    #[cfg(test)]
     pub fn relative(&self, path: &[u8]) -> Option<PathBuf> {
         let s = self.spellings.iter().find(|s| platform::under_root(path, &s.prefix))?;
         let rest = &path[s.prefix.len()..];
-        let rest = Path::new(OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest)));
+        // `a//b` is `a/b` (POSIX): a doubled separator after the prefix is no root.
+        let start = rest.iter().position(|&b| b != b'/').unwrap_or(rest.len());
+        let rest = Path::new(OsStr::from_bytes(&rest[start..]));
         // `..` in a process's path (argv, environ) must not climb out of an entry.
         let mut rel = s.rel.clone();
         for c in rest.components() {
@@ -132,6 +137,27 @@ impl<'a> CacheView<'a> {
     /// The entry containing cache-relative `rel` (None for the root and marker files).
     pub fn entry_of(&self, rel: &Path) -> Option<PathBuf> {
         let comps: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
+        self.entry_of_components(&comps)
+    }
+
+    /// `entry_of(relative(path))`, without building the whole relative path: the scan's
+    /// evidence (every open file of every process) goes through here, so it splits bytes
+    /// instead of parsing `Path` components, and allocates only the entry.
+    pub fn entry_of_path(&self, path: &[u8]) -> Option<PathBuf> {
+        let s = self.spellings.iter().find(|s| platform::under_root(path, &s.prefix))?;
+        let mut comps: Vec<&OsStr> = s.rel.components().map(|c| c.as_os_str()).collect();
+        for part in path[s.prefix.len()..].split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                // `..` in a process's path (argv, environ) must not climb out of an entry.
+                b".." => return None,
+                _ => comps.push(OsStr::from_bytes(part)),
+            }
+        }
+        self.entry_of_components(&comps)
+    }
+
+    fn entry_of_components(&self, comps: &[&OsStr]) -> Option<PathBuf> {
         let top = comps.first()?;
         let family = match layout::classify(top) {
             TopLevel::Marker => return None,
@@ -140,7 +166,7 @@ impl<'a> CacheView<'a> {
         };
         let is_venv =
             || comps.len() >= 2 && self.root.join(comps[0]).join(comps[1]).join("pyvenv.cfg").is_file();
-        let depth = layout::entry_depth(family, &comps, is_venv).min(comps.len());
+        let depth = layout::entry_depth(family, comps, is_venv).min(comps.len());
         Some(comps[..depth].iter().collect())
     }
 
@@ -289,7 +315,7 @@ fn detail(ev: &Evidence) -> String {
 
 /// Map a scan to entries. `inode_index` resolves evidence caught only by device and inode.
 pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
-    let users = user_names();
+    let users = crate::timings::phase("map_users", user_names);
     let user = |uid: u32| users.get(&uid).cloned().unwrap_or_else(|| uid.to_string());
     let mut usage = Usage {
         summary: ProcessSummary {
@@ -330,18 +356,20 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
         if is_uv && !process.evidence.is_empty() {
             usage.uv_commands.push((process.pid, process.argv.clone()));
         }
-        let mut seen = BTreeSet::new();
+        // A process holds few entries: a list beats a set, and needs no clone per evidence.
+        let mut seen: Vec<(PathBuf, Source)> = Vec::new();
         for ev in &process.evidence {
             let entry = if ev.by_path {
-                view.relative(&ev.path).and_then(|rel| view.entry_of(&rel))
+                view.entry_of_path(&ev.path)
             } else {
                 ev.dev_ino.and_then(|k| inodes.get(&k).cloned())
             };
             let Some(entry) = entry else { continue };
             // One line per process, entry and kind of evidence is enough to explain.
-            if !seen.insert((entry.clone(), ev.source)) {
+            if seen.iter().any(|(e, s)| *e == entry && *s == ev.source) {
                 continue;
             }
+            seen.push((entry.clone(), ev.source));
             usage.direct.entry(entry).or_default().push(Holder {
                 pid: process.pid,
                 command: process.command.clone(),
@@ -353,7 +381,8 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
             });
         }
     }
-    usage.closure = closure(view, usage.direct.keys().cloned().collect());
+    usage.closure =
+        crate::timings::phase("map_closure", || closure(view, usage.direct.keys().cloned().collect()));
     usage
 }
 
@@ -387,44 +416,94 @@ fn inode_index(view: &CacheView<'_>, wanted: &HashSet<(Device, u64)>) -> HashMap
 const LINK_HOLDERS: [&str; 1] = ["environments-v2"];
 
 /// Entries that the given in-use entries need, each with the in-use entry that needs it.
+///
+/// Breadth-first: each level's entries are read in parallel (reading an entry walks it for
+/// symlinks, the dominant cost), then merged serially in a fixed order, so the result (and
+/// which in-use entry is named as the reason) does not depend on thread timing.
 pub fn closure(view: &CacheView<'_>, start: Vec<PathBuf>) -> BTreeMap<PathBuf, PathBuf> {
     let direct: BTreeSet<PathBuf> = start.iter().cloned().collect();
     let mut out = BTreeMap::new();
-    let mut links: Option<Vec<(PathBuf, PathBuf)>> = None;
-    let mut work: Vec<(PathBuf, PathBuf)> = start.into_iter().map(|e| (e.clone(), e)).collect();
-    let mut done = BTreeSet::new();
-    while let Some((entry, origin)) = work.pop() {
-        if !done.insert(entry.clone()) {
-            continue;
-        }
-        let mut add = |needed: PathBuf, work: &mut Vec<(PathBuf, PathBuf)>| {
-            if needed != entry && !direct.contains(&needed) && !out.contains_key(&needed) {
-                out.insert(needed.clone(), origin.clone());
-                work.push((needed, origin.clone()));
-            }
-        };
-        let abs = view.root.join(&entry);
-        // Links elsewhere in the cache that reach this entry.
-        let links = links.get_or_insert_with(|| cache_links(view));
-        if let Ok(canonical) = std::fs::canonicalize(&abs) {
-            for (link, target) in links.iter() {
-                if *target == canonical || target.starts_with(&canonical) {
-                    if let Some(e) = view.entry_of(link) {
-                        add(e, &mut work);
-                    }
-                    let mut lock = link.clone().into_os_string();
-                    lock.push(".lock");
-                    add(PathBuf::from(lock), &mut work);
+    let mut links: Option<LinkIndex> = None;
+    let mut done = HashSet::new();
+    let mut level: Vec<(PathBuf, PathBuf)> = start.into_iter().map(|e| (e.clone(), e)).collect();
+    while !level.is_empty() {
+        level.retain(|(entry, _)| done.insert(entry.clone()));
+        let links = links.get_or_insert_with(|| LinkIndex::new(view));
+        let found: Vec<(Option<PathBuf>, Vec<PathBuf>)> = level
+            .par_iter()
+            .map(|(entry, _)| {
+                // Links elsewhere in the cache reach this entry through its canonical path.
+                let canonical = if links.is_empty() { None } else { canonical_below(view.root, entry) };
+                (canonical, needs(view, entry))
+            })
+            .collect();
+        let mut next = Vec::new();
+        for ((entry, origin), (canonical, needed)) in level.iter().zip(found) {
+            let mut add = |needed: PathBuf| {
+                if needed != *entry && !direct.contains(&needed) && !out.contains_key(&needed) {
+                    out.insert(needed.clone(), origin.clone());
+                    next.push((needed, origin.clone()));
                 }
+            };
+            for link in canonical.iter().flat_map(|c| links.reaching(c)) {
+                if let Some(e) = view.entry_of(link) {
+                    add(e);
+                }
+                let mut lock = link.clone().into_os_string();
+                lock.push(".lock");
+                add(PathBuf::from(lock));
+            }
+            for n in needed {
+                add(n);
             }
         }
-        for needed in needs(view, &abs) {
-            add(needed, &mut work);
-        }
+        level = next;
     }
     // A `.lock` sibling that does not exist needs no keeping.
     out.retain(|rel, _| view.root.join(rel).symlink_metadata().is_ok());
     out
+}
+
+/// The canonical path of `root/rel` (`root` is canonical): `rel` itself unless one of its
+/// components is a link, so most entries cost an `lstat` per component, not a `realpath`.
+fn canonical_below(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut path = root.to_path_buf();
+    for component in rel.components() {
+        path.push(component);
+        match path.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_symlink() => return std::fs::canonicalize(root.join(rel)).ok(),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(path)
+}
+
+/// Every symlink in the link-holding buckets, indexed by each ancestor of its canonical
+/// target: the links that reach a path (point at it or into it) are one lookup.
+struct LinkIndex {
+    by_target: HashMap<PathBuf, Vec<PathBuf>>,
+}
+
+impl LinkIndex {
+    fn new(view: &CacheView<'_>) -> Self {
+        let mut by_target: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+        for (link, target) in cache_links(view) {
+            for ancestor in target.ancestors() {
+                by_target.entry(ancestor.to_path_buf()).or_default().push(link.clone());
+            }
+        }
+        LinkIndex { by_target }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_target.is_empty()
+    }
+
+    /// Links whose target is `canonical` or lies below it.
+    fn reaching(&self, canonical: &Path) -> &[PathBuf] {
+        self.by_target.get(canonical).map_or(&[], |v| v.as_slice())
+    }
 }
 
 /// Every symlink in the link-holding buckets, with its canonical target.
@@ -448,31 +527,46 @@ fn cache_links(view: &CacheView<'_>) -> Vec<(PathBuf, PathBuf)> {
     out
 }
 
-/// Entries that the entry at `abs` points into: `pyvenv.cfg` values, overlay `.pth` lines,
-/// the target of the entry itself when it is a link, and symlinks inside it.
-fn needs(view: &CacheView<'_>, abs: &Path) -> Vec<PathBuf> {
+/// Entries that the entry `rel` points into: `pyvenv.cfg` values, overlay `.pth` lines, the
+/// target of the entry itself when it is a link, and symlinks inside it.
+///
+/// Symlinks into other entries exist only in venvs built with `--link-mode symlink`, so an
+/// unpacked wheel in `archive-v0` (no `pyvenv.cfg`; a wheel cannot carry links) is not walked:
+/// that walk, a directory read per directory of every entry in use, is most of this cost.
+fn needs(view: &CacheView<'_>, rel: &Path) -> Vec<PathBuf> {
+    let abs = view.root.join(rel);
     let mut paths: Vec<Vec<u8>> = Vec::new();
     let Ok(meta) = abs.symlink_metadata() else { return Vec::new() };
     if meta.file_type().is_symlink() {
-        if let Ok(target) = std::fs::canonicalize(abs) {
+        if let Ok(target) = std::fs::canonicalize(&abs) {
             paths.push(target.into_os_string().into_vec());
         }
     } else if meta.is_dir() {
-        if let Ok(cfg) = std::fs::read(abs.join("pyvenv.cfg")) {
+        let cfg = std::fs::read(abs.join("pyvenv.cfg"));
+        if let Ok(cfg) = &cfg {
             for line in cfg.split(|&b| b == b'\n') {
                 if let Some(eq) = line.iter().position(|&b| b == b'=') {
                     paths.push(trim(&line[eq + 1..]).to_vec());
                 }
             }
         }
-        for pth in overlay_pth_files(abs) {
-            if let Ok(text) = std::fs::read(&pth) {
-                paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec()));
+        let unpacked_wheel = cfg.is_err()
+            && rel.components().next().is_some_and(|top| {
+                matches!(
+                    layout::classify(top.as_os_str()),
+                    TopLevel::Current(Family::Archive) | TopLevel::Older(Family::Archive, _)
+                )
+            });
+        if !unpacked_wheel {
+            for pth in overlay_pth_files(&abs) {
+                if let Ok(text) = std::fs::read(&pth) {
+                    paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec()));
+                }
             }
+            symlinks_inside(&abs, &mut paths);
         }
-        symlinks_inside(abs, &mut paths);
     }
-    paths.iter().filter_map(|p| view.relative(p)).filter_map(|rel| view.entry_of(&rel)).collect()
+    paths.iter().filter_map(|p| view.entry_of_path(p)).collect()
 }
 
 use std::os::unix::ffi::OsStringExt;
@@ -541,6 +635,40 @@ mod tests {
         assert!(aliases
             .contains(&Spelling { prefix: b"/srv/tool env".to_vec(), rel: PathBuf::from("archive-v0/abc") }));
         assert_eq!(aliases.len(), 3);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+        /// The fast byte-level mapping agrees with the component-by-component one on every
+        /// path: other spellings, `.`, `..`, empty and doubled separators, each bucket kind.
+        #[test]
+        fn entry_of_path_matches_entry_of_relative(
+            prefix in 0usize..4,
+            parts in proptest::collection::vec(0usize..14, 0..7),
+            trailing_slash in proptest::bool::ANY,
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = std::fs::canonicalize(tmp.path()).unwrap();
+            std::fs::create_dir_all(root.join("environments-v2/script-x")).unwrap();
+            std::fs::write(root.join("environments-v2/script-x/pyvenv.cfg"), "").unwrap();
+            let mut view = CacheView::new(&root, Path::new("/configured/uv"), None);
+            view.spellings.push(Spelling { prefix: b"/srv/tool".to_vec(), rel: PathBuf::from("archive-v0/abc") });
+            let prefixes = [root.as_os_str().as_bytes(), b"/configured/uv", b"/srv/tool", b"/configured/uvx"];
+            const PARTS: [&str; 14] = [
+                "archive-v0", "environments-v2", "script-x", "wheels-v5", "pypi", "x", "..", ".", "",
+                "CACHEDIR.TAG", "sdists-v9", "builds-v0", ".tmpAb", "f.py",
+            ];
+            let mut path = prefixes[prefix].to_vec();
+            for &i in &parts {
+                path.push(b'/');
+                path.extend_from_slice(PARTS[i].as_bytes());
+            }
+            if trailing_slash {
+                path.push(b'/');
+            }
+            let expected = view.relative(&path).and_then(|rel| view.entry_of(&rel));
+            proptest::prop_assert_eq!(view.entry_of_path(&path), expected, "{}", String::from_utf8_lossy(&path));
+        }
     }
 
     #[test]

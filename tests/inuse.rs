@@ -392,6 +392,62 @@ fn keeps_a_uv_run_with_overlay_and_its_base() {
     assert_eq!(std::fs::read_to_string(&result).unwrap(), "ok sleepy 0.1");
 }
 
+/// `UV_LINK_MODE=symlink`: the running tool's environment is made of links into the wheel
+/// archives, and `--ci` drops the wheel links that reference those archives. Nothing but the
+/// closure of the environment in use (the symlinks inside it) keeps them: the process has
+/// no file of theirs open or mapped.
+#[test]
+fn keeps_the_wheel_archives_a_symlink_mode_tool_links_into() {
+    become_subreaper();
+    let env = TestEnv::new();
+    let mut tool =
+        env.spawn_tool_with_env(&common::uv(), "sleepy==0.1", "sleepy", &[("UV_LINK_MODE", "symlink")]);
+    assert_eq!(tool.probe(), "ok sleepy 0.1");
+    let environment = tool.environment();
+    let lazy = glob_one(&environment, "lib/*/site-packages/sleepy/lazy.py");
+    let target = std::fs::read_link(&lazy).expect("lazy.py is not a symlink: not a symlink-mode venv");
+    let archives = env.cache.join("archive-v0");
+    let wheel_archive = archives.join(target.strip_prefix(&archives).unwrap().components().next().unwrap());
+    assert_ne!(wheel_archive, environment);
+    tool.kill_uv();
+
+    let out = env.run_safe_prune(&["--ci", "--format", "json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(wheel_archive.exists(), "the wheel archive the running tool links into was removed: {report:#}");
+    let rel = format!("archive-v0/{}", wheel_archive.file_name().unwrap().to_string_lossy());
+    let kept = report["kept_in_use"].as_array().unwrap().iter().find(|k| k["path"] == rel.as_str());
+    let via = format!("archive-v0/{}", environment.file_name().unwrap().to_string_lossy());
+    assert_eq!(kept.map(|k| &k["via"]), Some(&Value::from(via)), "{report:#}");
+    assert_eq!(tool.probe(), "ok sleepy 0.1");
+
+    // The control: uv's own `--ci` prune removes that archive, and the tool breaks.
+    let out = env.uv_prune(&common::uv(), &env.cache, &["--ci"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!wheel_archive.exists(), "uv kept the wheel archive: the test proves nothing");
+    assert_ne!(tool.probe(), "ok sleepy 0.1");
+}
+
+/// The one path matching `pattern` (`*` matches one component) below `dir`.
+fn glob_one(dir: &Path, pattern: &str) -> PathBuf {
+    let mut found = vec![dir.to_path_buf()];
+    for part in pattern.split('/') {
+        found = found
+            .iter()
+            .flat_map(|d| {
+                if part == "*" {
+                    std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()).collect()
+                } else {
+                    vec![d.join(part)]
+                }
+            })
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect();
+    }
+    assert_eq!(found.len(), 1, "{pattern} below {dir:?}: {found:?}");
+    found.pop().unwrap()
+}
+
 #[test]
 fn force_is_safe_too() {
     let env = TestEnv::new();

@@ -298,9 +298,21 @@ impl TestEnv {
     /// Starts a long-running tool via `uv tool run` (uv 0.13.8 unless `uv` is given) and
     /// waits for its "ready" line; see [`RunningTool`].
     pub fn spawn_tool(&self, uv: &Path, from: &str, script: &str) -> RunningTool {
+        self.spawn_tool_with_env(uv, from, script, &[])
+    }
+
+    /// [`TestEnv::spawn_tool`] with extra environment variables for uv (`UV_LINK_MODE`, ...).
+    pub fn spawn_tool_with_env(
+        &self,
+        uv: &Path,
+        from: &str,
+        script: &str,
+        vars: &[(&str, &str)],
+    ) -> RunningTool {
         let trigger = self.root.join(self.unique("trigger"));
         let stderr_path = self.root.join(self.unique("tool-stderr"));
         let mut cmd = self.tool_run_cmd(uv, from, script, &[]);
+        cmd.envs(vars.iter().copied());
         cmd.arg("--trigger")
             .arg(&trigger)
             .stdin(Stdio::null())
