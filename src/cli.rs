@@ -92,25 +92,8 @@ pub struct PruneArgs {
     #[arg(long)]
     pub ci: bool,
 
-    /// Show what would be removed; remove nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    /// Remove nothing while a process that could use the cache cannot be inspected.
-    #[arg(long)]
-    pub strict: bool,
-
-    /// Do not wait for uv's cache lock; accepted for compatibility with `uv cache prune`.
-    #[arg(long)]
-    pub force: bool,
-
-    /// Wait for uv's cache lock (up to DURATION, default 5m) instead of pruning beside it.
-    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_duration)]
-    pub wait: Option<Duration>,
-
-    /// While other uv processes run, keep entries younger than this.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub grace: Duration,
+    #[command(flatten)]
+    pub removal: RemovalArgs,
 
     /// Keep the newest N (default 1) cached environments of each tool (uvx, uv tool run,
     /// uv run --with), so its next run starts without installing.
@@ -137,6 +120,30 @@ pub struct PruneArgs {
 
     #[command(flatten)]
     pub shared: RegistryArgs,
+}
+
+/// How a removing command (prune, clean) treats uv's lock and what it may not see.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RemovalArgs {
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Remove nothing while a process that could use the cache cannot be inspected.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Do not wait for uv's cache lock; accepted for compatibility with `uv cache prune|clean`.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Wait for uv's cache lock (up to DURATION, default 5m) instead of running beside uv.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// While other uv processes run, keep entries younger than this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub grace: Duration,
 }
 
 /// One cache, many hosts: what every host's `safe-prune agent` publishes is kept too.
@@ -199,25 +206,8 @@ pub struct CleanArgs {
     #[arg(value_name = "PACKAGE", value_parser = parse_package_name)]
     pub packages: Vec<String>,
 
-    /// Show what would be removed; remove nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    /// Remove nothing while a process that could use the cache cannot be inspected.
-    #[arg(long)]
-    pub strict: bool,
-
-    /// Do not wait for uv's cache lock; accepted for compatibility with `uv cache clean`.
-    #[arg(long)]
-    pub force: bool,
-
-    /// Wait for uv's cache lock (up to DURATION, default 5m) instead of clearing beside it.
-    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "5m", value_parser = parse_duration)]
-    pub wait: Option<Duration>,
-
-    /// While other uv processes run, keep entries younger than this.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub grace: Duration,
+    #[command(flatten)]
+    pub removal: RemovalArgs,
 
     #[command(flatten)]
     pub shared: RegistryArgs,

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use cli::{CacheArgs, CleanArgs, Cli, Command, Format, PruneArgs, ShimAction};
+use cli::{CacheArgs, CleanArgs, Cli, Command, Format, PruneArgs, RegistryArgs, RemovalArgs, ShimAction};
 
 /// Exit codes, documented in README.
 mod exit {
@@ -106,44 +106,39 @@ fn run_prune(args: &PruneArgs) -> u8 {
 
 fn prune_settings(args: &PruneArgs) -> prune::Settings {
     prune::Settings {
-        locate: locate_inputs(&args.cache),
         ci: args.ci,
-        dry_run: args.dry_run,
-        strict: args.strict,
-        force: args.force,
-        wait: args.wait,
-        grace: args.grace,
-        json: args.cache.format == Format::Json,
-        quiet: args.cache.quiet,
-        verbose: args.cache.verbose,
-        proc_root: PathBuf::from("/proc"),
         retention: retention::Retention {
             keep_tools: args.keep_tools,
             older_than: args.older_than,
             max_size: args.max_size,
         },
-        registry: registry::Config::from_args(&args.shared),
         schedule: schedule::RunOptions { scheduled: args.scheduled, if_grown: args.if_grown },
+        ..removal_settings(&args.cache, &args.removal, &args.shared)
+    }
+}
+
+/// What every removing command shares (no `--ci`, retention or schedule).
+fn removal_settings(cache: &CacheArgs, removal: &RemovalArgs, shared: &RegistryArgs) -> prune::Settings {
+    prune::Settings {
+        locate: locate_inputs(cache),
+        ci: false,
+        dry_run: removal.dry_run,
+        strict: removal.strict,
+        force: removal.force,
+        wait: removal.wait,
+        grace: removal.grace,
+        json: cache.format == Format::Json,
+        quiet: cache.quiet,
+        verbose: cache.verbose,
+        proc_root: PathBuf::from("/proc"),
+        retention: Default::default(),
+        registry: registry::Config::from_args(shared),
+        schedule: Default::default(),
     }
 }
 
 fn run_clean(args: &CleanArgs) -> u8 {
-    let settings = prune::Settings {
-        locate: locate_inputs(&args.cache),
-        ci: false,
-        dry_run: args.dry_run,
-        strict: args.strict,
-        force: args.force,
-        wait: args.wait,
-        grace: args.grace,
-        json: args.cache.format == Format::Json,
-        quiet: args.cache.quiet,
-        verbose: args.cache.verbose,
-        proc_root: PathBuf::from("/proc"),
-        retention: Default::default(),
-        registry: registry::Config::from_args(&args.shared),
-        schedule: Default::default(),
-    };
+    let settings = removal_settings(&args.cache, &args.removal, &args.shared);
     let title = if args.packages.is_empty() {
         "safe-prune clean".to_string()
     } else {

@@ -223,7 +223,7 @@ fn build_job(args: &ScheduleInstallArgs, global: &CacheArgs, env: &Env) -> Resul
     }
     // The exact command the schedule will run must parse, too.
     parse_prune(&job_args[1..].iter().map(OsString::from).collect::<Vec<_>>())?;
-    if parsed.dry_run {
+    if parsed.removal.dry_run {
         eprintln!("warning: PRUNE-OPTIONS has --dry-run: the scheduled runs will remove nothing");
     }
     Ok(Job {
