@@ -35,13 +35,16 @@ pub fn run(
 ) -> Result<Outcome, Fatal> {
     // uv prints the header only for a full clean (`cache_clean.rs`).
     let header = packages.is_empty().then_some("Clearing cache at");
-    prune::run_planned(settings, stop, say, header, &|root, protect| plan(root, packages, protect))
+    prune::run_planned(settings, stop, say, header, &|root, protect, beside_uv| {
+        plan(root, packages, protect, beside_uv)
+    })
 }
 
-/// The clean plan for the cache at `root` (absolute, canonical).
-pub fn plan(root: &Path, packages: &[String], protect: &Protect) -> Plan {
+/// The clean plan for the cache at `root` (absolute, canonical); `beside_uv`: other uv
+/// processes hold the cache lock (see [`plan_everything`]).
+pub fn plan(root: &Path, packages: &[String], protect: &Protect, beside_uv: bool) -> Plan {
     if packages.is_empty() {
-        plan_everything(root, protect)
+        plan_everything(root, protect, beside_uv)
     } else {
         plan_packages(root, packages, protect)
     }
@@ -51,7 +54,13 @@ pub fn plan(root: &Path, packages: &[String], protect: &Protect) -> Plan {
 const TAGS: [&str; 2] = ["CACHEDIR.TAG", ".gitignore"];
 
 /// Everything but the root's `.lock` and the root itself, as uv 0.13.8 does.
-fn plan_everything(root: &Path, protect: &Protect) -> Plan {
+///
+/// Alone, each top-level entry is one target. Beside running uv, a bucket is never a target:
+/// uv may rename a new archive into `archive-v0` while the other buckets are being removed,
+/// and a bucket-sized target would take it along unjudged. Each child of a bucket is a target
+/// instead (an archive, a build, an environment digest, a wheel or sdist index), judged as it
+/// is listed (see [`crate::concurrent`]); the empty buckets stay, as uv would recreate them.
+fn plan_everything(root: &Path, protect: &Protect, beside_uv: bool) -> Plan {
     let mut planner = Planner::new(root, protect);
     let names = list(root, Path::new(""));
     for name in &names {
@@ -67,12 +76,19 @@ fn plan_everything(root: &Path, protect: &Protect) -> Plan {
             Some(Family::Files) => Phase::Files,
             _ => Phase::References,
         };
-        planner.consider(PathBuf::from(name), Reason::Cleaned, phase);
+        let is_dir = fs::symlink_metadata(root.join(name)).is_ok_and(|m| m.is_dir());
+        if beside_uv && family.is_some() && is_dir {
+            for child in list(root, Path::new(name)) {
+                planner.consider(Path::new(name).join(child), Reason::Cleaned, phase);
+            }
+        } else {
+            planner.consider(PathBuf::from(name), Reason::Cleaned, phase);
+        }
     }
     let mut plan = planner.finish();
     // When anything stays (an entry in use, or one a running uv is writing), the tag stays
     // too: without it the next safe-prune would refuse the directory as "not a uv cache".
-    if plan.kept.is_empty() && plan.errors.is_empty() {
+    if plan.kept.is_empty() && plan.errors.is_empty() && !beside_uv {
         for tag in TAGS {
             if names.iter().any(|n| n == tag) {
                 plan.targets.push(Target { rel: tag.into(), reason: Reason::Cleaned, phase: Phase::Files });
@@ -428,7 +444,7 @@ mod tests {
     #[test]
     fn package_clean_follows_uv_bucket_rules() {
         let (_tmp, root) = cache();
-        let p = plan(&root, &["tinylib".into()], &Protect::default());
+        let p = plan(&root, &["tinylib".into()], &Protect::default(), false);
         assert_eq!(
             rels(&p),
             [
@@ -442,7 +458,7 @@ mod tests {
             ]
         );
         assert_eq!(p.targets.last().unwrap().phase, Phase::Archives);
-        let p = plan(&root, &["localpkg".into()], &Protect::default());
+        let p = plan(&root, &["localpkg".into()], &Protect::default(), false);
         assert_eq!(rels(&p), ["sdists-v10/path/p1", "flat-index-v7", "archive-v0/local"]);
     }
 
@@ -451,14 +467,14 @@ mod tests {
         let (_tmp, root) = cache();
         let mut protect = Protect::default();
         protect.add("archive-v0/tiny".into(), KeepReason::InUse);
-        let p = plan(&root, &["tinylib".into()], &protect);
+        let p = plan(&root, &["tinylib".into()], &protect, false);
         assert!(!rels(&p).contains(&"archive-v0/tiny".to_string()));
         assert_eq!(p.kept.get(Path::new("archive-v0/tiny")), Some(&KeepReason::InUse));
         // A protected link inside a package entry splits the entry, and keeps its archive
         // referenced, so the archive is not even a candidate.
         let mut protect = Protect::default();
         protect.add("wheels-v7/pypi/tinylib/1.0-py3-none-any".into(), KeepReason::InUse);
-        let p = plan(&root, &["tinylib".into()], &protect);
+        let p = plan(&root, &["tinylib".into()], &protect, false);
         assert!(!rels(&p).iter().any(|r| r == "archive-v0/tiny" || r == "wheels-v7/pypi/tinylib"));
         assert!(p.kept.contains_key(Path::new("wheels-v7/pypi/tinylib/1.0-py3-none-any")));
         assert!(rels(&p).contains(&"wheels-v7/index/abc/tinylib".to_string()));
@@ -467,7 +483,7 @@ mod tests {
     #[test]
     fn full_clean_leaves_only_the_lock_or_keeps_tag_with_kept_entries() {
         let (_tmp, root) = cache();
-        let p = plan(&root, &[], &Protect::default());
+        let p = plan(&root, &[], &Protect::default(), false);
         let all = rels(&p);
         assert!(!all.contains(&".lock".to_string()));
         assert!(all.contains(&"CACHEDIR.TAG".to_string()));
@@ -478,11 +494,32 @@ mod tests {
 
         let mut protect = Protect::default();
         protect.add("archive-v0/tiny".into(), KeepReason::InUse);
-        let p = plan(&root, &[], &protect);
+        let p = plan(&root, &[], &protect, false);
         let all = rels(&p);
         assert!(!all.contains(&"CACHEDIR.TAG".to_string()), "{all:?}");
         assert!(all.contains(&"archive-v0/other".to_string()));
         assert!(!all.iter().any(|r| r.starts_with("archive-v0/tiny")));
+    }
+
+    /// Beside running uv no bucket is a target (uv may add an archive to it mid-run): each
+    /// child is, and the buckets and the tag stay.
+    #[test]
+    fn full_clean_beside_uv_targets_entries_never_buckets() {
+        let (_tmp, root) = cache();
+        fs::create_dir_all(root.join(".tmpAbCdEf/python")).unwrap();
+        let p = plan(&root, &[], &Protect::default(), true);
+        let all = rels(&p);
+        for bucket in ["archive-v0", "wheels-v7", "sdists-v10", "environments-v2", "CACHEDIR.TAG", ".lock"] {
+            assert!(!all.iter().any(|r| r == bucket), "{bucket} is a target: {all:?}");
+        }
+        for entry in
+            ["archive-v0/tiny", "archive-v0/other", "wheels-v7/pypi", "environments-v2/d", ".tmpAbCdEf"]
+        {
+            assert!(all.iter().any(|r| r == entry), "{entry} is not a target: {all:?}");
+        }
+        let phase = |r: &str| p.targets.iter().find(|t| t.rel == Path::new(r)).unwrap().phase;
+        assert_eq!(phase("archive-v0/tiny"), Phase::Archives);
+        assert_eq!(phase("wheels-v7/pypi"), Phase::References);
     }
 
     #[test]
@@ -494,7 +531,7 @@ mod tests {
         fs::hard_link(root.join("files-v0/ab/obj1"), root.join("archive-v0/tiny/f")).unwrap();
         fs::write(root.join("files-v0/cd/obj2"), "2").unwrap();
         fs::hard_link(root.join("files-v0/cd/obj2"), root.join("archive-v0/other/f")).unwrap();
-        let p = plan(&root, &["tinylib".into()], &Protect::default());
+        let p = plan(&root, &["tinylib".into()], &Protect::default(), false);
         let all = rels(&p);
         assert!(all.contains(&"files-v0/ab".to_string()), "{all:?}");
         assert!(!all.iter().any(|r| r.starts_with("files-v0/cd")), "{all:?}");

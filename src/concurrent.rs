@@ -12,17 +12,17 @@
 //!   `uv run --with` command names: between resolving the environment's link and starting
 //!   the tool, uv has no other visible evidence of the environment.
 //!
-//! The protections come from one listing of the cache and the plan from another, taken a
+//! These protections come from one listing of the cache and the plan from another, taken a
 //! moment later: an entry uv creates in between (a `.tmp*` staging directory, an archive
 //! renamed into `archive-v0` before its link exists) would be planned without ever having been
-//! judged. [`settle`] therefore re-plans until every target of a plan was already listed by
-//! the previous one, i.e. existed before the protections were last computed.
+//! judged. So the planner also [`judge`]s every candidate right after listing it, by the same
+//! rules; what uv creates after that listing is not in the plan at all.
 //!
 //! Residual window: an environment uv resolved through a link created more than the grace
 //! period ago, for a command line we cannot parse (a package named only inside a
 //! requirements file), started in the milliseconds between our last scan and the removal.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -31,11 +31,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::layout::{self, Family, TopLevel};
 use crate::lock;
-use crate::plan::{KeepReason, Plan, PlanError, Protect};
+use crate::plan::{KeepReason, Protect};
 use crate::usage::Usage;
 
 /// Add every concurrent-mode protection for the cache at `root`.
 pub fn protect(root: &Path, usage: &Usage, grace: Duration, protect: &mut Protect) {
+    protect.set_beside_uv(grace);
     let now = SystemTime::now();
     let Ok(top) = std::fs::read_dir(root) else { return };
     for entry in top.flatten() {
@@ -61,30 +62,49 @@ pub fn protect(root: &Path, usage: &Usage, grace: Duration, protect: &mut Protec
     }
 }
 
-/// How many times [`settle`] re-plans before giving up on a cache that keeps changing.
-const SETTLE_ROUNDS: usize = 8;
-
-/// Build plans (each computing its protections afresh, then listing the cache) until one
-/// plans nothing the previous plan did not: every target then existed before the last
-/// protections were computed, so each was judged (age, lock, use) after it appeared.
-/// A cache that never settles gets an empty plan with an error: nothing unjudged is removed.
-pub fn settle<T>(mut build: impl FnMut() -> (Plan, T)) -> (Plan, T) {
-    let (mut plan, mut extra) = build();
-    for _ in 0..SETTLE_ROUNDS {
-        let listed: HashSet<PathBuf> = plan.targets.iter().map(|t| t.rel.clone()).collect();
-        (plan, extra) = build();
-        if plan.targets.iter().all(|t| listed.contains(&t.rel)) {
-            return (plan, extra);
+/// Why `rel`, a candidate the planner has just listed, must stay beside running uv: the
+/// rules of [`protect`], applied to this one path now.
+pub fn judge(root: &Path, rel: &Path, grace: Duration) -> Option<KeepReason> {
+    let name = rel.file_name()?;
+    let top = rel.components().next()?.as_os_str();
+    let abs = root.join(rel);
+    let now = SystemTime::now();
+    let family = match layout::classify(top) {
+        TopLevel::Current(f) | TopLevel::Older(f, _) | TopLevel::Newer(f, _) => f,
+        _ => {
+            return (rel.components().count() == 1 && is_tmp(name) && young(&abs, now, grace))
+                .then_some(KeepReason::Young)
+        }
+    };
+    if rel.components().count() == 1 {
+        // A whole bucket (an older generation): its contents were judged by `protect`.
+        return None;
+    }
+    // `<x>.lock` guards `<x>`, `.lock` its directory; a held lock file keeps itself.
+    let mut sibling = abs.clone().into_os_string();
+    sibling.push(".lock");
+    let is_lock = Path::new(name).extension().is_some_and(|e| e == "lock") || name == ".lock";
+    if (is_lock && !lock::entry_lock_free(&abs))
+        || !lock::entry_lock_free(Path::new(&sibling))
+        || !lock::entry_lock_free(&abs.join(".lock"))
+    {
+        return Some(KeepReason::Locked);
+    }
+    // A wheel entry (`pypi/<name>`) holds `<key>.lock` per wheel, an sdist shard its
+    // revisions' locks: one level down.
+    let real_dir = abs.symlink_metadata().is_ok_and(|m| m.is_dir());
+    if real_dir && matches!(family, Family::Wheels | Family::SourceDistributions) {
+        let held = std::fs::read_dir(&abs).into_iter().flatten().flatten().any(|child| {
+            let n = child.file_name();
+            let is_lock = Path::new(&n).extension().is_some_and(|e| e == "lock") || n == ".lock";
+            is_lock && !lock::entry_lock_free(&child.path())
+        });
+        if held {
+            return Some(KeepReason::Locked);
         }
     }
-    plan.targets.clear();
-    plan.errors.push(PlanError {
-        rel: PathBuf::new(),
-        message: format!(
-            "uv processes kept adding entries while this run planned ({SETTLE_ROUNDS} rounds); nothing removed, run again later"
-        ),
-    });
-    (plan, extra)
+    let whole_entries = matches!(family, Family::Archive | Family::Builds | Family::Environments);
+    ((whole_entries || is_tmp(name)) && young(&abs, now, grace)).then_some(KeepReason::Young)
 }
 
 /// Young entries and held locks inside one bucket (two levels deep: enough for
@@ -304,68 +324,48 @@ mod tests {
         assert_eq!(normalize_name(b"_x"), "x");
     }
 
-    /// uv creates entries between our two listings (protections, then plan): one plan
-    /// removes them unjudged; a settled plan has judged them young and keeps them.
+    /// uv creates entries between our two listings (protections, then plan): the planner
+    /// judges them when it lists them, and keeps them as young.
     #[test]
-    fn settle_judges_entries_created_between_protections_and_plan() {
+    fn entries_created_between_protections_and_plan_are_judged() {
         let tmp = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(tmp.path()).unwrap();
         std::fs::write(root.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55").unwrap();
-        for d in ["archive-v0/old", ".tmpOLD"] {
+        for d in ["archive-v0/old", ".tmpOLD", "wheels-v5/pypi/x"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         // Ages are whole seconds: after 2.2 s the entries above are older than a 2 s grace.
         std::thread::sleep(Duration::from_millis(2200));
         let grace = Duration::from_secs(2);
-        let usage = Usage::default();
-        let create = |root: &Path| {
+        let plan_now = |beside_uv: bool| {
+            let mut keep = Protect::default();
+            if beside_uv {
+                protect(&root, &Usage::default(), grace, &mut keep);
+            }
+            // uv, between the protections and the plan:
             std::fs::create_dir_all(root.join(".tmpNEW/python")).unwrap();
             std::fs::create_dir_all(root.join("archive-v0/new")).unwrap();
+            std::fs::write(root.join("wheels-v5/pypi/x/k.lock"), "").unwrap();
+            let plan = crate::plan::plan(&root, crate::plan::Options { ci: true }, &keep);
+            let targets: BTreeSet<String> =
+                plan.targets.iter().map(|t| t.rel.display().to_string()).collect();
+            (plan, targets)
         };
-        let build = |created: &mut bool| {
-            let mut keep = Protect::default();
-            protect(&root, &usage, grace, &mut keep);
-            if !std::mem::replace(created, true) {
-                create(&root);
-            }
-            (crate::plan::plan(&root, crate::plan::Options::default(), &keep), ())
-        };
-        let targets = |plan: &Plan| -> BTreeSet<String> {
-            plan.targets.iter().map(|t| t.rel.display().to_string()).collect()
-        };
-
-        let (once, ()) = build(&mut false);
-        assert_eq!(
-            targets(&once),
-            [".tmpNEW", ".tmpOLD", "archive-v0/new", "archive-v0/old"].map(String::from).into()
-        );
+        let (_, alone) = plan_now(false);
+        assert!(alone.contains(".tmpNEW") && alone.contains("archive-v0/new"), "{alone:?}");
         std::fs::remove_dir_all(root.join(".tmpNEW")).unwrap();
         std::fs::remove_dir_all(root.join("archive-v0/new")).unwrap();
 
-        let mut created = false;
-        let (settled, ()) = settle(|| build(&mut created));
-        assert_eq!(targets(&settled), [".tmpOLD", "archive-v0/old"].map(String::from).into());
-        assert_eq!(settled.kept.get(Path::new(".tmpNEW")), Some(&KeepReason::Young));
-        assert_eq!(settled.kept.get(Path::new("archive-v0/new")), Some(&KeepReason::Young));
-        assert!(settled.errors.is_empty());
-    }
-
-    #[test]
-    fn settle_gives_up_on_a_cache_that_never_settles() {
-        let mut round = 0;
-        let (plan, ()) = settle(|| {
-            round += 1;
-            let mut plan = Plan::default();
-            plan.targets.push(crate::plan::Target {
-                rel: PathBuf::from(format!(".tmp{round}")),
-                reason: crate::plan::Reason::UnknownEntry,
-                phase: crate::plan::Phase::References,
-            });
-            (plan, ())
-        });
-        assert!(plan.targets.is_empty());
-        assert_eq!(plan.errors.len(), 1);
-        assert_eq!(round, SETTLE_ROUNDS + 1);
+        // A uv process locks the wheel entry it is writing, after the protections.
+        let lock = std::fs::File::create(root.join("wheels-v5/pypi/x/k.lock")).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let (plan, beside) = plan_now(true);
+        assert!(!beside.contains(".tmpNEW") && !beside.contains("archive-v0/new"), "{beside:?}");
+        assert!(beside.contains(".tmpOLD") && beside.contains("archive-v0/old"), "{beside:?}");
+        assert_eq!(plan.kept.get(Path::new(".tmpNEW")), Some(&KeepReason::Young));
+        assert_eq!(plan.kept.get(Path::new("archive-v0/new")), Some(&KeepReason::Young));
+        assert!(!beside.iter().any(|t| t.starts_with("wheels-v5/pypi/x/k")), "{beside:?}");
+        assert!(plan.kept.values().any(|k| *k == KeepReason::Locked), "{:?}", plan.kept);
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn summarize(
                 format!("{n} {} of a newer uv", if n == 1 { "bucket" } else { "buckets" })
             }
             KeepReason::Recent => format!("{n} {entries} used within --older-than"),
+            KeepReason::Deferred => format!("{n} {entries} unlinked this run, removed by the next"),
             KeepReason::InUse => format!("{n} {entries} in use"),
             KeepReason::NewestTool => continue,
         });

@@ -105,7 +105,13 @@ fn try_exclusive(file: &std::fs::File) -> io::Result<bool> {
 /// Try to take a shared lock on a per-entry `.lock` file: false when a uv process holds it
 /// exclusively (it is writing that entry right now).
 pub fn entry_lock_free(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else { return true };
+    // Never block on a FIFO or follow a link planted under a `.lock` name.
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW).open(path)
+    else {
+        return true;
+    };
     match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
         Ok(()) => {
             let _ = rustix::fs::flock(&file, FlockOperation::Unlock);

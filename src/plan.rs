@@ -92,6 +92,10 @@ pub enum KeepReason {
     NewestTool,
     /// `--older-than`: used more recently than that.
     Recent,
+    /// Beside running uv: an archive whose last link this run removes. A uv process may have
+    /// resolved that link a moment ago and be about to use the archive (start the tool, link
+    /// its files into a venv) without any trace a scan could see yet; the next run removes it.
+    Deferred,
 }
 
 /// Paths that must survive, each with why. A protected path protects everything below it;
@@ -99,9 +103,28 @@ pub enum KeepReason {
 #[derive(Debug, Clone, Default)]
 pub struct Protect {
     paths: BTreeMap<PathBuf, KeepReason>,
+    /// Beside running uv processes: the grace period, for judging each candidate when it is
+    /// listed (see [`Protect::judge`]).
+    beside_uv: Option<std::time::Duration>,
 }
 
 impl Protect {
+    /// Judge every candidate as it is planned (uv processes are writing the cache meanwhile).
+    pub fn set_beside_uv(&mut self, grace: std::time::Duration) {
+        self.beside_uv = Some(grace);
+    }
+
+    /// True when uv processes hold the cache lock: plan entry by entry, never a shard whole.
+    pub fn is_beside_uv(&self) -> bool {
+        self.beside_uv.is_some()
+    }
+
+    /// Beside running uv: why `rel`, just listed, must stay (young, or locked by uv). The
+    /// protections computed before planning cannot know an entry uv created since.
+    pub fn judge(&self, root: &Path, rel: &Path) -> Option<KeepReason> {
+        self.beside_uv.and_then(|grace| crate::concurrent::judge(root, rel, grace))
+    }
+
     /// Protect `rel` (relative to the cache root). The first reason given wins.
     pub fn add(&mut self, rel: PathBuf, reason: KeepReason) {
         self.paths.entry(rel).or_insert(reason);
@@ -191,7 +214,17 @@ impl Planner<'_> {
             if let Some(wheels) = current(Family::Wheels) {
                 // uv's `path.is_dir()` follows links: a link to a directory goes (as a link).
                 let root = self.root.to_path_buf();
-                self.children(&wheels, Reason::CiWheel, |rel| root.join(rel).is_dir());
+                if self.protect.is_beside_uv() {
+                    // Not `pypi` whole while uv may be adding a wheel to it: entry by entry.
+                    for shard in self.list(&wheels) {
+                        let shard = wheels.join(shard);
+                        if root.join(&shard).is_dir() {
+                            self.entries_below(&shard, Family::Wheels, Reason::CiWheel);
+                        }
+                    }
+                } else {
+                    self.children(&wheels, Reason::CiWheel, |rel| root.join(rel).is_dir());
+                }
             }
             if let Some(sdists) = current(Family::SourceDistributions) {
                 self.unpacked_built_wheels(&sdists);
@@ -231,6 +264,10 @@ impl Planner<'_> {
     pub fn consider(&mut self, rel: PathBuf, reason: Reason, phase: Phase) {
         if let Some((kept, why)) = self.protect.covering(&rel) {
             self.plan.kept.insert(kept.clone(), why.clone());
+            return;
+        }
+        if let Some(why) = self.protect.judge(self.root, &rel) {
+            self.plan.kept.insert(rel, why);
             return;
         }
         if self.protect.has_below(&rel) {
@@ -319,6 +356,20 @@ impl Planner<'_> {
         }
     }
 
+    /// Consider every entry of `family` below `rel` (a shard directory of its bucket), at the
+    /// depth [`layout::entry_depth`] gives; a non-directory met on the way is one entry.
+    fn entries_below(&mut self, rel: &Path, family: Family, reason: Reason) {
+        let depth = rel.components().count();
+        let comps: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
+        let real_dir = fs::symlink_metadata(self.root.join(rel)).is_ok_and(|m| m.is_dir());
+        if !real_dir || layout::entry_depth(Some(family), &comps, || false) <= depth {
+            return self.consider(rel.to_path_buf(), reason, Phase::References);
+        }
+        for name in self.list(rel) {
+            self.entries_below(&rel.join(name), family, reason);
+        }
+    }
+
     /// Real directories below `rel` (never through a link), depth-first, parents first.
     fn walk_dirs(&mut self, rel: &Path, out: &mut Vec<PathBuf>) {
         for name in self.list(rel) {
@@ -392,27 +443,64 @@ impl Planner<'_> {
     /// Canonical targets of every archive link that survives the earlier steps, following
     /// uv's `find_archive_references` filter. `archives` holds the canonical paths of the
     /// archive entries that are real directories (see [`Planner::link_target`]).
-    fn archive_references(&mut self, buckets: &[PathBuf], archives: &HashSet<PathBuf>) -> HashSet<PathBuf> {
-        let mut refs = HashSet::new();
-        let mut stack: Vec<PathBuf> = buckets.to_vec();
-        while let Some(dir) = stack.pop() {
+    fn archive_references(&mut self, buckets: &[PathBuf], archives: &HashSet<PathBuf>) -> References {
+        let mut refs = References::default();
+        // Links inside planned targets reference nothing after this run; beside running uv
+        // they are still walked, for deferring their archives (`KeepReason::Deferred`).
+        let mut stack: Vec<(PathBuf, bool)> = buckets.iter().map(|b| (b.clone(), false)).collect();
+        let beside_uv = self.protect.is_beside_uv();
+        while let Some((dir, in_doomed)) = stack.pop() {
             for (name, kind) in self.list_typed(&dir) {
                 let rel = dir.join(&name);
-                if self.doomed.contains(&rel) || skipped_by_reference_walk(&name) {
+                if skipped_by_reference_walk(&name) {
+                    continue;
+                }
+                let doomed = in_doomed || self.doomed.contains(&rel);
+                if doomed && !beside_uv {
                     continue;
                 }
                 let Some(kind) = kind else { continue };
                 if kind.is_symlink() {
                     // A dangling link references nothing (uv skips it silently).
                     if let Some(target) = self.link_target(&rel, archives) {
-                        refs.insert(target);
+                        if doomed {
+                            refs.from_doomed.insert(target)
+                        } else {
+                            refs.live.insert(target)
+                        };
                     }
                 } else if kind.is_dir() {
-                    stack.push(rel);
+                    stack.push((rel, doomed));
                 }
             }
         }
         refs
+    }
+
+    /// Beside running uv only: the archives `environments-v2` links reach (uv does not count
+    /// them as references; its prune removes the links first). A link this plan removes
+    /// defers its archive; a link kept (young, in use) keeps it.
+    fn environment_references(&mut self, archives: &HashSet<PathBuf>, refs: &mut References) {
+        let Some(envs) = Family::Environments.current_name().map(PathBuf::from) else { return };
+        for (digest, kind) in self.list_typed(&envs) {
+            let digest = envs.join(digest);
+            if !kind.is_some_and(|k| k.is_dir()) {
+                continue;
+            }
+            for (name, kind) in self.list_typed(&digest) {
+                let rel = digest.join(name);
+                if !kind.is_some_and(|k| k.is_symlink()) {
+                    continue;
+                }
+                if let Some(target) = self.link_target(&rel, archives) {
+                    if self.is_doomed(&rel) {
+                        refs.from_doomed.insert(target)
+                    } else {
+                        refs.live.insert(target)
+                    };
+                }
+            }
+        }
     }
 
     /// `fs::canonicalize` of the link at `rel`, with one `readlink` instead of one per path
@@ -462,19 +550,28 @@ impl Planner<'_> {
             .filter(|(_, kind)| kind.is_some_and(|k| k.is_dir()))
             .map(|(name, _)| self.root.join(archive).join(name))
             .collect();
-        let refs = self.archive_references(reference_buckets, &real);
+        let mut refs = self.archive_references(reference_buckets, &real);
+        if self.protect.is_beside_uv() {
+            self.environment_references(&real, &mut refs);
+        }
         for (name, kind) in entries {
             let rel = archive.join(name);
             let path = self.root.join(&rel);
             // uv canonicalizes each entry (and aborts the whole prune on a dangling link, after
             // deleting most of the cache). A dangling link here references nothing: it goes.
-            let referenced = match kind {
-                Some(k) if !k.is_symlink() => refs.contains(&path),
-                _ => fs::canonicalize(&path).is_ok_and(|t| refs.contains(&t)),
+            let canonical = match kind {
+                Some(k) if !k.is_symlink() => Some(path),
+                _ => fs::canonicalize(&path).ok(),
             };
-            if !referenced {
-                self.consider(rel, Reason::UnreferencedArchive, Phase::Archives);
+            let referenced = |set: &HashSet<PathBuf>| canonical.as_ref().is_some_and(|c| set.contains(c));
+            if referenced(&refs.live) {
+                continue;
             }
+            if referenced(&refs.from_doomed) && self.protect.covering(&rel).is_none() {
+                self.plan.kept.insert(rel, KeepReason::Deferred);
+                continue;
+            }
+            self.consider(rel, Reason::UnreferencedArchive, Phase::Archives);
         }
     }
 
@@ -531,6 +628,15 @@ impl Planner<'_> {
         }
         false
     }
+}
+
+/// The archives links reference, by canonical path.
+#[derive(Default)]
+struct References {
+    /// From links that stay.
+    live: HashSet<PathBuf>,
+    /// Beside running uv only: from links inside this plan's targets.
+    from_doomed: HashSet<PathBuf>,
 }
 
 /// Count, per (device, inode), the hard links to multiply-linked files below `path`
@@ -592,6 +698,27 @@ mod tests {
         assert_eq!(rels(&p), ["environments-v2/h", "archive-v0/env", "archive-v0/orphan"]);
         assert_eq!(p.targets[0].phase, Phase::References);
         assert_eq!(p.targets[1].phase, Phase::Archives);
+    }
+
+    /// Beside running uv, an archive whose last link this plan removes waits for the next run.
+    #[test]
+    fn beside_uv_archives_unlinked_by_this_run_are_deferred() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let mut protect = Protect::default();
+        protect.set_beside_uv(std::time::Duration::ZERO);
+        let p = plan(&root, Options::default(), &protect);
+        assert_eq!(rels(&p), ["environments-v2/h", "archive-v0/orphan"]);
+        assert_eq!(p.kept.get(Path::new("archive-v0/env")), Some(&KeepReason::Deferred));
+        // `--ci` unlinks the wheel too: its archive waits as well.
+        let p = plan(&root, Options { ci: true }, &protect);
+        assert_eq!(rels(&p), ["environments-v2/h", "wheels-v7/pypi/a", "archive-v0/orphan"]);
+        assert_eq!(p.kept.get(Path::new("archive-v0/used")), Some(&KeepReason::Deferred));
+        // The next run: nothing links to them any more, they go.
+        fs::remove_dir_all(root.join("environments-v2/h")).unwrap();
+        fs::remove_dir_all(root.join("wheels-v7/pypi/a")).unwrap();
+        let p = plan(&root, Options::default(), &protect);
+        assert_eq!(rels(&p), ["archive-v0/env", "archive-v0/orphan", "archive-v0/used"]);
     }
 
     #[test]

@@ -122,20 +122,23 @@ pub fn scan(cache: &Cache, proc_root: &Path) -> Result<Usage, Fatal> {
 /// Run a prune.
 pub fn run(settings: &Settings, stop: &AtomicBool, say: &mut dyn FnMut(&str)) -> Result<Outcome, Fatal> {
     let options = plan::Options { ci: settings.ci };
-    run_planned(settings, stop, say, Some("Pruning cache at"), &|root, protect| {
+    // The prune plan is entry by entry already, beside uv or not.
+    run_planned(settings, stop, say, Some("Pruning cache at"), &|root, protect, _beside_uv| {
         plan::plan(root, options, protect)
     })
 }
 
 /// The pipeline every removing command shares (prune, clean): find the cache, lock, print
 /// `<header>: <cache>`, scan, protect, `make_plan`, scan again when beside running uv
-/// processes, remove in phases, report.
+/// processes, remove in phases, report. `make_plan` is told whether the run is beside running
+/// uv processes: then every target must be one cache entry (never a bucket holding entries
+/// uv may add later), so that the planner judges each entry as it lists it.
 pub fn run_planned(
     settings: &Settings,
     stop: &AtomicBool,
     say: &mut dyn FnMut(&str),
     header: Option<&str>,
-    make_plan: &dyn Fn(&Path, &Protect) -> plan::Plan,
+    make_plan: &dyn Fn(&Path, &Protect, bool) -> plan::Plan,
 ) -> Result<Outcome, Fatal> {
     let cache = match open_cache(&settings.locate)? {
         Ok(cache) => cache,
@@ -178,10 +181,10 @@ pub fn run_planned(
         // now that this run will remove things.
         lock = lock::acquire(&cache.canonical, true, None, || {}).map_err(Fatal::Lock)?;
     }
-    // Protections, then the plan, then `--max-size` fitting; beside running uv the plan is
-    // settled (see `concurrent::settle`): everything it removes was judged after it appeared.
+    // Protections, then the plan, then `--max-size` fitting; beside running uv the planner
+    // judges each candidate as it lists it (see `concurrent`).
     let concurrent = lock.concurrent();
-    let build_once = |usage: &Usage| {
+    let build = |usage: &Usage| {
         let mut protect = protect_from(usage);
         if concurrent {
             concurrent::protect(&cache.canonical, usage, settings.grace, &mut protect);
@@ -193,31 +196,17 @@ pub fn run_planned(
             &settings.retention,
             &mut protect,
         );
-        let mut plan = timings::phase("plan", || make_plan(&cache.canonical, &protect));
+        let mut plan = timings::phase("plan", || make_plan(&cache.canonical, &protect, concurrent));
         let size_after =
             retention::fit(&cache.canonical, &settings.proc_root, &settings.retention, &protect, &mut plan);
         (plan, size_after)
     };
-    let build = |usage: &Usage| {
-        if concurrent {
-            concurrent::settle(|| build_once(usage))
-        } else {
-            build_once(usage)
-        }
-    };
     let (mut the_plan, mut size_after) = build(&usage);
-    if !settings.dry_run && concurrent && !the_plan.targets.is_empty() {
-        // Look again right before removing: a process that started since the first scan
-        // (and whose uv parent we cannot lock out) is caught here.
-        let again = scan(&cache, &settings.proc_root)?;
-        merge_usage(&mut usage, again);
-        (the_plan, size_after) = build(&usage);
-    }
     // Other hosts sharing the cache (`--registry`): keep what they published and what they use
     // of this plan (their answers to its announcement); remove only what every live host cleared.
-    let mut hosts = None;
+    let mut shared = None;
     if let Some(config) = &settings.registry {
-        let shared = crate::registry::coordinate(
+        let answers = crate::registry::coordinate(
             config,
             &cache,
             &the_plan,
@@ -225,11 +214,24 @@ pub fn run_planned(
             &settings.proc_root,
             stop,
         )?;
-        shared.merge_into(&mut usage);
+        answers.merge_into(&mut usage);
         (the_plan, size_after) = build(&usage);
-        shared.restrict(&mut the_plan);
-        hosts = Some(shared.hosts);
+        answers.restrict(&mut the_plan);
+        shared = Some(answers);
     }
+    if !settings.dry_run && concurrent && !the_plan.targets.is_empty() {
+        // Look again right before removing, after planning and any wait for other hosts: a
+        // process that started since the first scan (a `uvx` reusing an environment leaves
+        // nothing else to see, and its uv parent we cannot lock out) is caught here.
+        let again = scan(&cache, &settings.proc_root)?;
+        if merge_usage(&mut usage, again) {
+            (the_plan, size_after) = build(&usage);
+            if let Some(answers) = &shared {
+                answers.restrict(&mut the_plan);
+            }
+        }
+    }
+    let hosts = shared.map(|answers| answers.hosts);
 
     // Names are read before anything goes: a removed archive cannot be named afterwards.
     let labels =
@@ -351,9 +353,12 @@ fn protect_from(usage: &Usage) -> Protect {
     protect
 }
 
-/// Add a later scan's findings to an earlier one.
-fn merge_usage(usage: &mut Usage, again: Usage) {
+/// Add a later scan's findings to an earlier one; true when an entry is newly in use or a
+/// new uv command runs (either can change the plan).
+fn merge_usage(usage: &mut Usage, again: Usage) -> bool {
+    let mut new_entry = false;
     for (entry, holders) in again.direct {
+        new_entry |= !usage.direct.contains_key(&entry) && !usage.closure.contains_key(&entry);
         let list = usage.direct.entry(entry).or_default();
         for h in holders {
             if !list.contains(&h) {
@@ -362,9 +367,18 @@ fn merge_usage(usage: &mut Usage, again: Usage) {
         }
     }
     for (entry, via) in again.closure {
+        new_entry |= !usage.direct.contains_key(&entry) && !usage.closure.contains_key(&entry);
         usage.closure.entry(entry).or_insert(via);
     }
     usage.summary = again.summary;
+    // A `uvx` that started since asks for its environment by name (`concurrent::protect`).
+    for command in again.uv_commands {
+        if !usage.uv_commands.contains(&command) {
+            new_entry = true;
+            usage.uv_commands.push(command);
+        }
+    }
+    new_entry
 }
 
 /// `--strict`: no deletion while a process that could reach the cache is uninspectable.

@@ -228,6 +228,9 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
                 KeepReason::NewerBucket => "written by a newer uv",
                 KeepReason::NewestTool => "the newest environment of its tool (--keep-tools)",
                 KeepReason::Recent => "used within --older-than",
+                KeepReason::Deferred => {
+                    "its last link went this run, beside running uv: removed by the next run"
+                }
             };
             let what = k.label.describe();
             let what = if what.is_empty() { what } else { format!("  {what}") };

@@ -951,6 +951,10 @@ pub fn fit(
                     held = Some((path.clone(), why.clone()));
                     break;
                 }
+                if let Some(why) = protect.judge(root, rel) {
+                    held = Some((rel.clone(), why));
+                    break;
+                }
                 if protect.has_below(rel) {
                     return None;
                 }
@@ -982,6 +986,12 @@ pub fn fit(
         *left = left.saturating_sub(1);
         if *left == 0 {
             let orphans = census.release(root, &archive);
+            if protect.is_beside_uv() {
+                // Beside running uv the link goes now and the archive with the next run
+                // (`KeepReason::Deferred`); counted as freed, so no other wheel goes instead.
+                plan.kept.insert(archive, KeepReason::Deferred);
+                continue;
+            }
             objects(plan, orphans);
             plan.targets.push(Target { rel: archive, reason: Reason::OverSizeLimit, phase: Phase::Archives });
         }

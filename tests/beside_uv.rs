@@ -321,3 +321,64 @@ fn ctrl_c_stops_between_entries_with_a_summary() {
     assert!(out.status.success(), "{}", show(&out));
     assert!(!env.cache.join("archive-v0/synthetic00799").exists());
 }
+
+/// uv keeps renaming fresh archives into `archive-v0` (wheel extraction: `.tmpX` then
+/// `rename`) while a prune or a full `clean` runs beside it, which takes a while here
+/// (a wheels bucket of 50,000 files goes first). Every archive that appears during the run
+/// must survive; the old ones must go. A `clean` that removed `archive-v0` as one bucket lost
+/// each archive renamed in after its plan.
+#[test]
+fn archives_renamed_in_while_pruning_or_cleaning_beside_uv_survive() {
+    for command in ["prune", "clean"] {
+        let env = TestEnv::new();
+        let cache = env.root.join(format!("busy-cache-{command}"));
+        std::fs::create_dir_all(cache.join("archive-v0/old")).unwrap();
+        std::fs::write(cache.join("archive-v0/old/f"), "x").unwrap();
+        std::fs::write(cache.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n").unwrap();
+        std::fs::write(cache.join(".lock"), "").unwrap();
+        for p in 0..200 {
+            let dir = cache.join(format!("wheels-v7/pypi/p{p}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..250 {
+                std::fs::write(dir.join(format!("f{f}")), "").unwrap();
+            }
+        }
+        // A uv process holding the cache lock shared, as every running uv command does.
+        let _holder = Child(
+            Command::new("flock").arg("-s").arg(cache.join(".lock")).args(["sleep", "120"]).spawn().unwrap(),
+        );
+        // Ages are whole seconds: after 2.5 s everything above is older than a 2 s grace.
+        std::thread::sleep(Duration::from_millis(2500));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let created = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut created = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tmp = cache.join(format!(".tmpW{}", created.len()));
+                    std::fs::create_dir(&tmp).unwrap();
+                    std::fs::write(tmp.join("file"), "data").unwrap();
+                    let archive = cache.join(format!("archive-v0/new{}", created.len()));
+                    std::fs::rename(&tmp, &archive).unwrap();
+                    created.push(archive);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                created
+            });
+            let out = env.safe_prune_on(&cache, &[command, "--grace", "2s", "--format", "json"]);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(out.status.success(), "{command}: {}", show(&out));
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["lock"], "concurrent", "{report:#}");
+            writer.join().unwrap()
+        });
+        assert!(created.len() >= 5, "{command}: only {} archives appeared during the run", created.len());
+        let lost: Vec<_> = created.iter().filter(|a| !a.join("file").exists()).collect();
+        assert!(
+            lost.is_empty(),
+            "{command}: {} of {} new archives lost: {lost:?}",
+            lost.len(),
+            created.len()
+        );
+        assert!(!cache.join("archive-v0/old").exists(), "{command}: the old archive stayed");
+    }
+}

@@ -354,6 +354,18 @@ fn keeps_a_running_tool_beside_its_live_uv_parent_without_waiting() {
     assert!(environment.join("pyvenv.cfg").exists());
     assert_eq!(environment_links(&env.cache).len(), 1, "only the running tool's link stays: {report:#}");
     assert_eq!(tool.probe(), "ok sleepy 0.1");
+    // The unused environment's archive lost its link in this run: beside running uv it waits
+    // for the next run (a uvx may have resolved that link a moment ago), which removes it.
+    let deferred: Vec<&Value> =
+        report["kept"].as_array().unwrap().iter().filter(|k| k["reason"] == "deferred").collect();
+    assert_eq!(deferred.len(), 1, "{report:#}");
+    let archive = env.cache.join(deferred[0]["path"].as_str().unwrap());
+    assert!(archive.join("pyvenv.cfg").exists(), "{report:#}");
+    let out = env.run_safe_prune(&["--format", "json", "--grace", "0s"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!archive.exists(), "the next run kept the unlinked archive: {}", show(&out));
+    assert!(environment.join("pyvenv.cfg").exists());
+    assert_eq!(tool.probe(), "ok sleepy 0.1");
 }
 
 #[test]
