@@ -307,9 +307,15 @@ fn uvx_safe_prune_keeps_its_own_environment_and_removes_an_unused_one() {
     let text = common::stderr(&out);
     assert!(out.status.success(), "{}", show(&out));
 
-    // The unused environment is gone, link and archive.
+    // The unused environment's link is gone; beside its uv parent, safe-prune defers the
+    // archive that link reached to the next run, which removes it.
     assert!(!common::process::exists_no_follow(&sleepy_link), "sleepy's link stayed\n{text}");
-    assert!(!sleepy_env.exists(), "the unused sleepy environment stayed\n{text}");
+    assert!(sleepy_env.exists(), "the just-unlinked sleepy archive was not deferred\n{text}");
+    let sleepy_rel = sleepy_env.strip_prefix(&env.cache).unwrap().to_string_lossy().into_owned();
+    assert!(text.lines().any(|l| l.contains(&sleepy_rel) && l.contains("removed by the next run")), "{text}");
+    let again = cmd.output().unwrap();
+    assert!(again.status.success(), "{}", show(&again));
+    assert!(!sleepy_env.exists(), "the unused sleepy environment stayed\n{}", common::stderr(&again));
 
     // safe-prune's own environment stays: its link, and the archive holding the binary.
     let after = environment_links(&env.cache);
