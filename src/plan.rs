@@ -494,13 +494,23 @@ impl Planner<'_> {
                 }
                 if let Some(target) = self.link_target(&rel, archives) {
                     if self.is_doomed(&rel) {
-                        refs.from_doomed.insert(target)
+                        refs.from_doomed.insert(target);
                     } else {
-                        refs.live.insert(target)
-                    };
+                        let why = self.kept_reason(&rel).unwrap_or(KeepReason::Young);
+                        refs.kept_environments.entry(target).or_insert(why);
+                    }
                 }
             }
         }
+    }
+
+    /// Why the planner keeps `rel`: a protection covering it, or a judgement recorded for it
+    /// or an ancestor while planning.
+    fn kept_reason(&self, rel: &Path) -> Option<KeepReason> {
+        if let Some((_, why)) = self.protect.covering(rel) {
+            return Some(why.clone());
+        }
+        rel.ancestors().find_map(|a| self.plan.kept.get(a)).cloned()
     }
 
     /// `fs::canonicalize` of the link at `rel`, with one `readlink` instead of one per path
@@ -565,6 +575,13 @@ impl Planner<'_> {
             };
             let referenced = |set: &HashSet<PathBuf>| canonical.as_ref().is_some_and(|c| set.contains(c));
             if referenced(&refs.live) {
+                continue;
+            }
+            // uv would remove it with its environment link; the link stays, and so does it,
+            // reported with its own protection (in use) or else its link's.
+            if let Some(why) = canonical.as_ref().and_then(|c| refs.kept_environments.get(c)) {
+                let why = self.kept_reason(&rel).unwrap_or_else(|| why.clone());
+                self.plan.kept.insert(rel, why);
                 continue;
             }
             if referenced(&refs.from_doomed) && self.protect.covering(&rel).is_none() {
@@ -637,6 +654,8 @@ struct References {
     live: HashSet<PathBuf>,
     /// Beside running uv only: from links inside this plan's targets.
     from_doomed: HashSet<PathBuf>,
+    /// Beside running uv only: from `environments-v2` links the plan keeps, with why.
+    kept_environments: HashMap<PathBuf, KeepReason>,
 }
 
 /// Count, per (device, inode), the hard links to multiply-linked files below `path`

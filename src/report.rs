@@ -183,9 +183,12 @@ pub fn kept_lines(report: &PruneReport, verbose: u8) -> String {
     if n > 0 {
         let entries = if n == 1 { "entry" } else { "entries" };
         let verb = if report.dry_run { "Would keep" } else { "Kept" };
-        let direct: Vec<&KeptEntry> = report.kept_in_use.iter().filter(|k| k.via.is_none()).collect();
-        let pids: std::collections::BTreeSet<u32> =
-            direct.iter().flat_map(|k| k.holders.iter().map(|h| h.pid)).collect();
+        // An entry kept for another's sake carries that entry's holders: count them too.
+        let pids: std::collections::BTreeSet<(Option<&str>, u32)> = report
+            .kept_in_use
+            .iter()
+            .flat_map(|k| k.holders.iter().map(|h| (h.host.as_deref(), h.pid)))
+            .collect();
         let _ = writeln!(
             out,
             "{verb} {n} {entries} in use by {} running process{}",
