@@ -118,9 +118,10 @@ pub(crate) fn scan(request: &ScanRequest) -> Result<ScanReport, ScanError> {
             std::io::Error::other(describe_errno("process list", e))
         },
     })?;
-    let me = std::process::id();
-    // pid 0 is kernel_task: no user memory, no files of its own.
-    pids.retain(|&p| u32::try_from(p).is_ok_and(|p| p != 0 && p != me && !request.skip_pids.contains(&p)));
+    // pid 0 is kernel_task: no user memory, no files of its own. Our own pid stays, as on
+    // Linux: a safe-prune run from the cache (`uvx safe-prune` from `archive-v0/<id>`) is
+    // evidence for that environment; callers that want it gone say so in `skip_pids`.
+    pids.retain(|&p| u32::try_from(p).is_ok_and(|p| p != 0 && !request.skip_pids.contains(&p)));
     pids.sort_unstable();
     pids.dedup();
 

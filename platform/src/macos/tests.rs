@@ -288,11 +288,17 @@ fn scan_sees_every_source_of_a_child() {
         argv_of: vec![b"helper".to_vec()],
         ..ScanRequest::default()
     };
+    // This test process holds a file under the root too: like the Linux backend, the scan
+    // reports its own process unless told to skip it (a safe-prune run from the cache is
+    // evidence for its own environment).
+    let mine = root.join("mine.dat");
+    std::fs::write(&mine, b"y").unwrap();
+    let _mine = std::fs::File::open(&mine).unwrap();
     let report = crate::scan(&request).unwrap();
     assert!(report.scanned > 1);
     let me = std::process::id();
-    assert!(report.processes.iter().all(|p| p.pid != me));
-    assert!(report.uninspectable.iter().all(|p| p.pid != me));
+    let own = record_of(&report, i32::try_from(me).unwrap()).expect("our own process not reported");
+    assert!(own.evidence.iter().any(|e| e.source == Source::Fd && e.path == join("/mine.dat")), "{own:#?}");
     let rec = record_of(&report, child.pid()).expect("child not reported");
     eprintln!("{rec:#?}");
     assert!(report.uninspectable.iter().all(|u| u.pid != rec.pid), "our own child must be fully readable");
@@ -333,9 +339,11 @@ fn scan_sees_every_source_of_a_child() {
     assert!(rec.evidence.iter().any(|e| e.source == Source::Cwd && !e.by_path && e.path == root_b));
     assert!(rec.evidence.iter().all(|e| !e.by_path));
 
-    // skip_pids is honoured.
-    let report = crate::scan(&ScanRequest { skip_pids: vec![child.0.id()], ..request }).unwrap();
+    // skip_pids is honoured, for our own pid too.
+    let report = crate::scan(&ScanRequest { skip_pids: vec![child.0.id(), me], ..request }).unwrap();
     assert!(record_of(&report, child.pid()).is_none());
+    assert!(record_of(&report, i32::try_from(me).unwrap()).is_none());
+    assert!(report.uninspectable.iter().all(|u| u.pid != me));
 }
 
 #[test]
