@@ -4,6 +4,9 @@
 //! `--max-size` evicts the least recently used wheels (whole: link, pointers, archive) until
 //! the cache fits, never one in use, and the kept wheels still serve installs from the cache.
 
+// Linux only: `touch -d "40 days ago"` is GNU touch; macOS's takes no relative dates.
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::collections::BTreeMap;

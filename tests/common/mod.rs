@@ -7,7 +7,8 @@
 //! - [`TestEnv`]: a temp dir with `cache/`, `home/`, `wheels/`, `work/`, and commands
 //!   (uv, safe-prune) isolated from the user's cache, config, tools and Pythons;
 //! - trees ([`tree`]): copy without following links, snapshot, diff;
-//! - processes ([`process`]): kill-on-drop guards and /proc helpers.
+//! - processes ([`process`]): kill-on-drop guards and process-table helpers (/proc on
+//!   Linux, `ps` and `sysctl` on macOS).
 #![allow(dead_code, unused_imports)]
 
 pub mod archive;

@@ -1,6 +1,7 @@
 //! Live processes for the tests: guards that SIGKILL what a test started (even when the
-//! test panics), a line reader with a timeout for "ready" handshakes, and /proc lookups
-//! for the Python child that `uv tool run` spawns.
+//! test panics), a line reader with a timeout for "ready" handshakes, and process-table
+//! lookups for the Python child that `uv tool run` spawns: /proc on Linux; `ps`, `kill(pid,
+//! 0)` and `sysctl(KERN_PROCARGS2)` on macOS, which has no /proc.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -78,13 +79,20 @@ pub fn kill9(pid: u32) {
 /// Makes this test process the reaper of orphaned descendants, so a tool's Python child
 /// that outlives its killed uv parent is reparented to us and can be reaped (no zombies
 /// left behind, no dependence on PID 1 reaping).
+#[cfg(target_os = "linux")]
 pub fn become_subreaper() {
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag; no pointers are passed.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER) failed");
 }
 
+/// Nothing to do where there are no subreapers (macOS): an orphan goes to launchd, which
+/// reaps it as soon as [`PidGuard`] kills it.
+#[cfg(not(target_os = "linux"))]
+pub fn become_subreaper() {}
+
 /// True if `pid` exists and is not a zombie.
+#[cfg(target_os = "linux")]
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
@@ -95,8 +103,65 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// True if `pid` exists and is not a zombie: `kill(pid, 0)`, then `ps` for the state (a
+/// zombie still answers `kill`).
+#[cfg(not(target_os = "linux"))]
+pub fn alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    if raw <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 sends nothing; kill(2) only checks that the process exists.
+    let r = unsafe { libc::kill(raw, 0) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // Gone in between: ps prints nothing.
+    ps_field(pid, "stat").is_some_and(|state| !state.starts_with('Z'))
+}
+
+/// One `ps -o FIELD=` column of `pid`, trimmed; `None` if there is no such process.
+fn ps_field(pid: u32, field: &str) -> Option<String> {
+    let out = std::process::Command::new("ps")
+        .args(["-o", &format!("{field}="), "-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ps: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// The direct children of `pid`, from the parent pid of every process (`ps -A`).
+#[cfg(not(target_os = "linux"))]
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let out = std::process::Command::new("ps")
+        .args(["-A", "-o", "pid=,ppid="])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ps: {e}"));
+    assert!(out.status.success(), "ps -A failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut children: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let child: u32 = fields.next()?.parse().ok()?;
+            let parent: u32 = fields.next()?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+/// The parent pid of `pid` (`ps -o ppid=`).
+#[cfg(not(target_os = "linux"))]
+pub fn parent_of(pid: u32) -> Option<u32> {
+    ps_field(pid, "ppid")?.parse().ok()
+}
+
 /// The direct children of `pid`: from `/proc/PID/task/*/children`, or by scanning the
 /// parent pid of every process if that file is unavailable.
+#[cfg(target_os = "linux")]
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut found_file = false;
@@ -124,6 +189,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// The parent pid of `pid`, from `/proc/PID/stat`.
+#[cfg(target_os = "linux")]
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
@@ -188,11 +254,38 @@ pub fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<
 }
 
 /// The value of `name` in the initial environment of `pid` (`/proc/PID/environ`).
+#[cfg(target_os = "linux")]
 pub fn environ_var(pid: u32, name: &str) -> Option<std::ffi::OsString> {
     use std::os::unix::ffi::OsStrExt;
     let data = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let prefix = format!("{name}=");
     data.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| std::ffi::OsStr::from_bytes(v).to_os_string())
+}
+
+/// The value of `name` in the initial environment of `pid` (`sysctl(KERN_PROCARGS2)`, read
+/// with the platform crate's parser).
+#[cfg(target_os = "macos")]
+pub fn environ_var(pid: u32, name: &str) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut mib = [libc::CTL_KERN, libc::KERN_PROCARGS2, i32::try_from(pid).ok()?];
+    // Larger than any argument area (`kern.argmax` is 1 MiB): the kernel copies the whole area
+    // and reports a shorter length. A buffer smaller than the area would get only its tail.
+    let mut buf = vec![0u8; 4 << 20];
+    let mut len: libc::size_t = buf.len();
+    // SAFETY: `mib` holds 3 ints; `buf` has `len` writable bytes and `len` says so; the kernel
+    // writes at most that many and stores the count back in `len`; no new value is set.
+    let r = unsafe {
+        libc::sysctl(mib.as_mut_ptr(), 3, buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0)
+    };
+    if r != 0 || len >= buf.len() {
+        return None;
+    }
+    let args = platform::procargs::parse(&buf[..len]);
+    let prefix = format!("{name}=");
+    args.env
+        .iter()
         .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
         .map(|v| std::ffi::OsStr::from_bytes(v).to_os_string())
 }
