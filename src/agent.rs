@@ -5,8 +5,10 @@
 //! The loop: publish (one process scan, one small file written atomically), then poll the
 //! registry every 250 ms (one directory read) for announcements; each new one is answered after
 //! a scan that starts after it was seen, so a process started after the last heartbeat is
-//! still found. A scan error is never published as "nothing in use": the record is left to age
-//! (the host turns stale) and announcements get an `error` answer (the host counts as stale).
+//! still found. Announcements from this host's own prunes are answered too (an unprivileged
+//! prune cannot inspect other users' processes; a root agent can). A scan error is never
+//! published as "nothing in use": the record is left to age (the host turns stale) and
+//! announcements get an `error` answer (the host counts as stale).
 
 use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -359,8 +361,8 @@ impl Agent<'_> {
                 },
             );
             match parsed {
-                // A prune that sees our processes has scanned them itself.
-                Ok(a) if self.me.is_us(key, a.boot_id.as_deref(), a.pid_ns) => {}
+                // This host's own prunes too: running as another user, they may not be able
+                // to inspect processes this agent sees.
                 Ok(a) => pending.push((name.clone(), a)),
                 Err(e) => {
                     if self.settings.verbose > 0 {

@@ -4,7 +4,9 @@
 //! mounted by many CI runners or pods), every host that uses it runs `safe-prune agent`, which
 //! publishes what its processes use into a registry folder on the same shared filesystem, and a
 //! prune with `--registry` keeps the union of its own scan and every host's published set.
-//! There is no server: the folder is the only channel.
+//! The pruning host's own agent counts like any other (run as root it sees processes that an
+//! unprivileged prune cannot inspect); no agent on the pruning host is the plain single-host
+//! case. There is no server: the folder is the only channel.
 //!
 //! Files in the registry (all written atomically: a temporary `.tmp-*` file in the folder,
 //! `fsync`, `rename`):
@@ -21,7 +23,8 @@
 //! (or whose heartbeat is older than three intervals) is *stale*: its last published entries
 //! stay protected and the run names it. After `--host-expiry` a record is ignored (*expired*).
 //! A record or answer that cannot be read (torn, garbage, a newer format) never means "uses
-//! nothing": if that host does not answer either, nothing is removed.
+//! nothing": if that host does not answer either, nothing is removed. Nor does a prune that
+//! cannot write its announcement remove anything while a host may be live (nobody could veto).
 //!
 //! Ages are measured on the file server's clock: the pruner's "now" is the modification time
 //! of the announcement it just wrote, compared with each record's modification time (both set
@@ -143,19 +146,52 @@ fn check_host_id(id: String, what: &str) -> Result<String, String> {
     Ok(id)
 }
 
-/// The kernel's id of this boot (Linux), to tell a rebooted host's records apart.
+/// The kernel's id of this boot, to tell a rebooted host's records apart.
+#[cfg(not(target_os = "macos"))]
 pub fn boot_id() -> Option<String> {
     let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let id = text.trim();
     (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
 }
 
+/// The kernel's id of this boot (`sysctl kern.bootsessionuuid`), to tell a rebooted host's
+/// records apart.
+#[cfg(target_os = "macos")]
+pub fn boot_id() -> Option<String> {
+    let mut buf = [0u8; 65];
+    let mut len: libc::size_t = buf.len();
+    // SAFETY: a NUL-terminated name, a buffer and its length; the kernel writes at most `len`
+    // bytes and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::sysctlbyname(
+            c"kern.bootsessionuuid".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let text = std::str::from_utf8(buf.get(..len)?).ok()?;
+    let id = text.trim_end_matches('\0').trim();
+    (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
+}
+
 /// This process's PID namespace (its inode; Linux). A record or announcement with our host id
 /// is "this host" only if it also has our boot id and PID namespace, i.e. if we see the same
-/// processes: a prune in a container given its node's id must not skip the node's agent.
+/// processes: a prune in a container given its node's id still waits for the node's agent.
+#[cfg(not(target_os = "macos"))]
 pub fn pid_namespace() -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// macOS has one PID space per boot: 0 stands for it (Linux namespace inodes are never 0).
+#[cfg(target_os = "macos")]
+pub fn pid_namespace() -> Option<u64> {
+    Some(0)
 }
 
 /// Who we are: the host id, and what proves that another file describes our own processes.
@@ -657,7 +693,8 @@ pub struct HostReport {
     /// Why it is stale or expired, or what is odd about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The pruning host itself (its own scan is used instead of its record).
+    /// The pruning host's own agent (same id, boot and PID namespace): its record and answer
+    /// are added to the prune's own scan.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub this_host: bool,
 }
@@ -764,6 +801,8 @@ pub struct Shared {
     /// The candidates announced (the plan's targets): nothing else may be removed.
     pub announced: BTreeSet<PathBuf>,
     pub hosts: Vec<HostReport>,
+    /// This host's name as its agent's holders carry it: their pids are ours.
+    pub this_host: Option<String>,
 }
 
 impl Shared {
@@ -772,9 +811,12 @@ impl Shared {
         for (entry, holders) in &self.direct {
             let list = usage.direct.entry(entry.clone()).or_default();
             for h in holders {
-                if !list.contains(h) {
-                    list.push(h.clone());
+                // This host's agent names processes our own scan may have found already.
+                let ours = h.host.is_some() && h.host == self.this_host;
+                if list.contains(h) || (ours && list.iter().any(|l| l.host.is_none() && l.pid == h.pid)) {
+                    continue;
                 }
+                list.push(h.clone());
             }
         }
         for (entry, via) in &self.closure {
@@ -926,6 +968,9 @@ pub fn coordinate(
     keys.extend(gathered.answers.keys());
     for key in keys {
         let verdict = assess(config, &gathered, &me, key, announced);
+        if verdict.report.this_host {
+            shared.this_host = Some(verdict.report.host.clone());
+        }
         wire.extend(verdict.entries);
         unknown.extend(verdict.unknown);
         shared.hosts.push(verdict.report);
@@ -1041,12 +1086,39 @@ fn gather(
         ))
     })?;
 
-    // Wait for the hosts with a fresh heartbeat; answers from the others count if they come.
+    if let Some(error) = &announce_error {
+        // Nobody can veto what was not announced: a host that may be live (its own agent on
+        // this host included) could be running a tool started after its last record.
+        // Judged by the younger of the two ages, so a skewed clock errs toward refusing.
+        let live: Vec<String> = records
+            .iter()
+            .filter(|(_, file)| {
+                let interval = file.record.as_ref().map_or(DEFAULT_INTERVAL, |r| secs(r.interval_secs));
+                ages(file, &clock).is_none_or(|(low, _)| low <= stale_after(interval))
+            })
+            .map(|(key, file)| {
+                let host = file.record.as_ref().map_or(key.as_str(), |r| r.host.as_str());
+                let this = if is_us(me, key, file) { " (this host's agent)" } else { "" };
+                format!("{}{this}", clean_text(host, 128))
+            })
+            .collect();
+        if !live.is_empty() {
+            return Err(Fatal::Registry(format!(
+                "{error}, so live host{} {} cannot veto the candidates; nothing is removed. Make {} writable for the user running the prune (uid {}), as it is for the agents",
+                if live.len() == 1 { "" } else { "s" },
+                live.join(", "),
+                dir.display(),
+                rustix::process::geteuid().as_raw()
+            )));
+        }
+    }
+
+    // Wait for the hosts with a fresh heartbeat (this host's own agent too: it may see
+    // processes this prune cannot inspect); answers from the others count if they come.
     let mut answers: BTreeMap<String, Result<Answer, String>> = BTreeMap::new();
     if cleanup.announcement.is_some() {
         let expected: BTreeSet<String> = records
             .iter()
-            .filter(|(key, file)| !is_us(me, key, file))
             .filter(|(_, file)| {
                 let interval = file.record.as_ref().map_or(DEFAULT_INTERVAL, |r| secs(r.interval_secs));
                 ages(file, &clock).is_none_or(|(_, high)| high <= stale_after(interval))
@@ -1084,8 +1156,6 @@ fn gather(
         collect_garbage(dir, &names, clock.fs_now.unwrap_or(clock.local_now));
     }
     drop(cleanup);
-    // Our own agent's answer says what our own scan says.
-    answers.retain(|key, a| !a.as_ref().is_ok_and(|a| me.is_us(key, a.boot_id.as_deref(), a.pid_ns)));
     Ok(Gathered { clock, records, answers, announce_error })
 }
 
@@ -1103,16 +1173,21 @@ struct Verdict {
     unknown: Option<String>,
 }
 
-/// Decide one host's state and what of it to keep:
-/// - this host: its own scan is used; reported only;
+/// Decide one host's state and what of it to keep (this host's own agent included: it may
+/// see processes this prune cannot inspect, and keeping more is never unsafe):
 /// - answered: live; its vetoes and its record's entries are kept;
 /// - silent beyond `--host-expiry`: expired, ignored;
 /// - otherwise (no answer, or nothing announced and an old heartbeat): stale, its record's
 ///   entries are kept; without a usable record its usage is unknown.
 fn assess(config: &Config, gathered: &Gathered, me: &Identity, key: &str, announced: bool) -> Verdict {
     let file = gathered.records.get(key);
-    let this_host = file.is_some_and(|f| is_us(me, key, f));
     let answer = gathered.answers.get(key);
+    let this_host = match file {
+        Some(f) => is_us(me, key, f),
+        None => answer
+            .and_then(|a| a.as_ref().ok())
+            .is_some_and(|a| me.is_us(key, a.boot_id.as_deref(), a.pid_ns)),
+    };
     let record = file.and_then(|f| f.record.as_ref().ok());
     let host = record
         .map(|r| r.host.clone())
@@ -1145,10 +1220,6 @@ fn assess(config: &Config, gathered: &Gathered, me: &Identity, key: &str, announ
     }
     let mut verdict = Verdict { report, entries: Vec::new(), unknown: None };
     let report = &mut verdict.report;
-    if this_host {
-        report.reason = Some("this host: its own scan is used".into());
-        return verdict;
-    }
     let expired = ages.is_some_and(|(low, _)| low > config.host_expiry);
     let stale_heartbeat = ages.is_some_and(|(_, high)| high > stale_after(interval));
     let good_answer = match answer {
@@ -1158,10 +1229,14 @@ fn assess(config: &Config, gathered: &Gathered, me: &Identity, key: &str, announ
     if announced {
         report.answered = Some(good_answer.is_some());
     }
-    if key == me.key {
-        report.reason = Some(
-            "it has this host's id but another boot or PID namespace (its processes are not visible here); give each host a unique SAFE_PRUNE_HOST_ID".into(),
-        );
+    if key == me.key && !this_host {
+        report.reason = Some(if me.boot_id.is_none() || me.pid_ns.is_none() {
+            // No boot id or PID namespace here: this host cannot be told apart from another
+            // one with the same id, so the record counts as another host's (kept and asked).
+            "it has this host's id, and this system gives no boot id or PID namespace to tell whether it is this host: it counts as another host (its entries are kept and its agent is asked)".into()
+        } else {
+            "it has this host's id but another boot or PID namespace (its processes are not visible here); give each host a unique SAFE_PRUNE_HOST_ID".into()
+        });
     }
     if let Some(a) = good_answer {
         report.vetoes = Some(a.vetoes.len());
@@ -1240,7 +1315,7 @@ fn strict_check(hosts: &[HostReport]) -> Result<(), Fatal> {
     }
     let blind: Vec<String> = hosts
         .iter()
-        .filter(|h| h.state == HostState::Live && !h.this_host && h.uninspectable > 0)
+        .filter(|h| h.state == HostState::Live && h.uninspectable > 0)
         .map(|h| format!("{} ({} processes)", h.host, h.uninspectable))
         .collect();
     if !blind.is_empty() {
@@ -1520,50 +1595,52 @@ mod tests {
         assert!(text.contains("host-link.json") && text.contains("host-fifo.json"), "{text}");
     }
 
-    #[test]
-    fn answers_veto_and_clear() {
-        let (_tmp, cache, registry) = setup();
-        publish(&registry, &record("hostB", vec![]));
-        publish(&registry, &record("hostC", vec![]));
-        // Fake agents: answer the first announcement they see.
-        let dir = registry.clone();
-        let answerer = std::thread::spawn(move || {
+    /// An answer from `who` (host, boot id, PID namespace) to announcement `nonce`.
+    fn answer(nonce: &str, who: (&str, Option<String>, Option<u64>), vetoes: Vec<WireEntry>) -> Answer {
+        Answer {
+            format: FORMAT,
+            kind: KIND_ANSWER.into(),
+            nonce: nonce.into(),
+            host: who.0.into(),
+            boot_id: who.1,
+            pid_ns: who.2,
+            time: 0,
+            status: if vetoes.is_empty() { "clear" } else { "veto" }.into(),
+            vetoes,
+            uninspectable: 0,
+            hidden: None,
+            error: None,
+        }
+    }
+
+    /// Fake agents: answer the first announcement in `dir` with `answers(nonce)`, then stop.
+    fn answer_first(
+        dir: &Path,
+        answers: impl Fn(&str) -> Vec<Answer> + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                for name in list(&dir).unwrap() {
-                    if let Some((_, n)) = parse_announce_name(&name) {
-                        for (host, status, vetoes) in
-                            [("hostB", "veto", vec![entry("archive-v0/b", 5)]), ("hostC", "clear", vec![])]
-                        {
-                            let answer = Answer {
-                                format: FORMAT,
-                                kind: KIND_ANSWER.into(),
-                                nonce: n.into(),
-                                host: host.into(),
-                                boot_id: None,
-                                pid_ns: None,
-                                time: 0,
-                                status: status.into(),
-                                vetoes,
-                                uninspectable: 0,
-                                hidden: None,
-                                error: None,
-                            };
-                            write_atomic(&dir, &answer_name(n, host), &serde_json::to_vec(&answer).unwrap())
-                                .unwrap();
-                        }
-                        return;
+                if let Some((_, n)) = list(&dir).unwrap().iter().find_map(|x| parse_announce_name(x)) {
+                    for a in answers(n) {
+                        let bytes = serde_json::to_vec(&a).unwrap();
+                        write_atomic(&dir, &answer_name(n, &file_key(&a.host)), &bytes).unwrap();
                     }
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-        });
-        let mut cfg = config(&registry);
+        })
+    }
+
+    /// A `--strict` run over archives `b` and `c` that waits up to 20 s for `answerer`.
+    fn run_answered(cache: &Cache, registry: &Path, answerer: std::thread::JoinHandle<()>) -> Shared {
+        let mut cfg = config(registry);
         cfg.timeout = Duration::from_secs(20);
-        let started = Instant::now();
         let shared = coordinate(
             &cfg,
-            &cache,
+            cache,
             &plan_of(&["archive-v0/b", "archive-v0/c"]),
             true,
             Path::new("/proc"),
@@ -1571,6 +1648,22 @@ mod tests {
         )
         .unwrap();
         answerer.join().unwrap();
+        shared
+    }
+
+    #[test]
+    fn answers_veto_and_clear() {
+        let (_tmp, cache, registry) = setup();
+        publish(&registry, &record("hostB", vec![]));
+        publish(&registry, &record("hostC", vec![]));
+        let answerer = answer_first(&registry, |n| {
+            vec![
+                answer(n, ("hostB", None, None), vec![entry("archive-v0/b", 5)]),
+                answer(n, ("hostC", None, None), vec![]),
+            ]
+        });
+        let started = Instant::now();
+        let shared = run_answered(&cache, &registry, answerer);
         assert!(started.elapsed() < Duration::from_secs(5), "waited although everyone answered");
         assert_eq!(shared.direct.keys().collect::<Vec<_>>(), [Path::new("archive-v0/b")]);
         assert!(shared.hosts.iter().all(|h| h.state == HostState::Live && h.answered == Some(true)));
@@ -1587,9 +1680,20 @@ mod tests {
         r.boot_id = me.boot_id.clone();
         r.pid_ns = me.pid_ns;
         publish(&registry, &r);
-        let shared = run(&cache, &registry, &["archive-v0/a"], true).unwrap();
-        assert!(shared.hosts[0].this_host, "{:?}", shared.hosts);
-        assert!(shared.direct.is_empty(), "our own record is superseded by our own scan");
+        let shared = run(&cache, &registry, &["archive-v0/a"], false).unwrap();
+        let host = &shared.hosts[0];
+        assert!(host.this_host, "{:?}", shared.hosts);
+        // Our own agent may see processes we cannot inspect: its entries are kept, named
+        // after this host; it was asked (and, not running here, did not answer).
+        let holders = &shared.direct[Path::new("archive-v0/a")];
+        assert_eq!(holders[0].host.as_deref(), Some(clean_text(&me.host, 128).as_str()));
+        assert_eq!((host.state, host.answered), (HostState::Stale, Some(false)), "{host:?}");
+        assert!(!host.reason.as_deref().unwrap_or("").contains("unique SAFE_PRUNE_HOST_ID"), "{host:?}");
+        // Merged into our own scan, a process both saw is listed once.
+        let mut usage = Usage::default();
+        usage.direct.insert("archive-v0/a".into(), vec![Holder { host: None, ..holders[0].clone() }]);
+        shared.merge_into(&mut usage);
+        assert_eq!(usage.direct[Path::new("archive-v0/a")].len(), 1, "{:?}", usage.direct);
         // Same id, another PID namespace (a container given its node's id): another host.
         r.pid_ns = Some(1);
         publish(&registry, &r);
@@ -1598,6 +1702,25 @@ mod tests {
         assert_eq!(shared.hosts[0].state, HostState::Stale);
         assert!(shared.hosts[0].reason.as_deref().unwrap().contains("unique SAFE_PRUNE_HOST_ID"));
         assert!(shared.direct.contains_key(Path::new("archive-v0/a")));
+    }
+
+    #[test]
+    fn our_own_agents_vetoes_are_kept() {
+        let (_tmp, cache, registry) = setup();
+        let me = Identity::here().unwrap();
+        let mut r = record(&me.host, vec![]);
+        r.boot_id = me.boot_id.clone();
+        r.pid_ns = me.pid_ns;
+        publish(&registry, &r);
+        // Our agent (say, root, where we are not) answers: it sees a process on `b`.
+        let who = me.clone();
+        let answerer = answer_first(&registry, move |n| {
+            vec![answer(n, (&who.host, who.boot_id.clone(), who.pid_ns), vec![entry("archive-v0/b", 5)])]
+        });
+        let shared = run_answered(&cache, &registry, answerer);
+        let host = &shared.hosts[0];
+        assert!(host.this_host && host.state == HostState::Live && host.answered == Some(true), "{host:?}");
+        assert_eq!(shared.direct.keys().collect::<Vec<_>>(), [Path::new("archive-v0/b")]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! The tests check that B's published entries are kept, that a process started on B after B's
 //! last heartbeat is kept through the announcement protocol, that a dead B is reported stale
 //! (its last entries kept) within the bounded wait, that entries used nowhere go, and that the
-//! Kubernetes manifests run the right commands with the right mounts.
+//! Kubernetes manifests run the right commands with the right mounts. As root, with other
+//! users (`setpriv`): this host's own root agent protects what an unprivileged prune cannot
+//! inspect, and a prune that cannot write its announcement removes nothing while a host is live.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -486,6 +488,193 @@ fn agent_once_publishes_this_hosts_processes_under_a_safe_name() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let err = common::stderr(&out);
     assert!(err.contains("node 7/ü\\u{1b}[31m") && !err.contains('\u{1b}'), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// This host's own agent, and a prune that cannot write the registry (both need other users)
+
+/// True when this test runs as root (it switches users with `setpriv`). Without root it
+/// fails under `CI=true`, else it is skipped with a message.
+fn root_or_skip() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "this test must run as root in CI (it runs processes as other users)"
+    );
+    eprintln!("skipping: not root, cannot switch to other users");
+    false
+}
+
+/// The user an unprivileged prune runs as (`nobody`), and another user whose processes it
+/// cannot inspect.
+const PRUNER_UID: u32 = 65534;
+const OTHER_UID: u32 = 65533;
+
+/// Makes `shared` a group-shared cache as an unprivileged user would prune it: the temp folder
+/// traversable, the cache owned by [`PRUNER_UID`], and a copy of the binary it can run.
+fn share_with_pruner(shared: &Shared) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = shared.registry.parent().unwrap();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{PRUNER_UID}:{PRUNER_UID}"))
+        .arg(&shared.cache)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bin = root.join("safe-prune");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    bin
+}
+
+/// `program` as `uid` (its group too, no supplementary groups), with an empty environment.
+fn as_user(uid: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(program)
+        .env_clear()
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `sleep` as [`OTHER_UID`] with its working directory in `archive-v0/<held>`: visible to a
+/// root agent, uninspectable for the pruner.
+fn other_users_holder(shared: &Shared, held: &str) -> Child {
+    let dir = shared.cache.join("archive-v0").join(held);
+    let child = Child(as_user(OTHER_UID, "sleep").arg("100000").current_dir(&dir).spawn().unwrap());
+    let pid = child.id();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir)
+        }),
+        "the other user's holder did not start"
+    );
+    child
+}
+
+/// A prune (`--format json`) as [`PRUNER_UID`] on host `hostA`.
+fn prune_as_pruner(bin: &Path, shared: &Shared, extra: &[&str]) -> (Output, Value) {
+    let out = as_user(PRUNER_UID, bin)
+        .args(["--format", "json", "--cache-dir"])
+        .arg(&shared.cache)
+        .args(extra)
+        .env("SAFE_PRUNE_HOST_ID", "hostA")
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, report)
+}
+
+#[test]
+fn this_hosts_root_agent_protects_what_an_unprivileged_prune_cannot_see() {
+    if !root_or_skip() {
+        return;
+    }
+    let shared = Shared::new(&["seen", "late", "unused"]);
+    let bin = share_with_pruner(&shared);
+    Command::new("chown").arg(format!("{PRUNER_UID}:{PRUNER_UID}")).arg(&shared.registry).status().unwrap();
+    let registry = shared.registry.to_str().unwrap();
+    let holder = other_users_holder(&shared, "seen");
+    // The node's agent, as root, on this host (same id, boot and PID namespace as the prune).
+    let log = shared.registry.with_file_name("agent-a.log");
+    let _agent = Child(
+        clean_command(common::bin())
+            .args(["agent", "-v", "--registry", registry, "--interval", "1h", "--cache-dir"])
+            .arg(&shared.cache)
+            .env("SAFE_PRUNE_HOST_ID", "hostA")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut record = Value::Null;
+    let published = wait_until(Duration::from_secs(30), || {
+        record = std::fs::read(shared.record("hostA"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        record["entries"].as_array().is_some_and(|e| e.iter().any(|e| e["path"] == "archive-v0/seen"))
+    });
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(published, "the agent never published archive-v0/seen: {record:#}\n{}", agent_log());
+    // After the agent's last heartbeat (interval 1h), another of that user's processes starts.
+    let late = other_users_holder(&shared, "late");
+
+    // Control: the unprivileged prune cannot see either process.
+    let (out, report) = prune_as_pruner(&bin, &shared, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        removed(&report),
+        ["archive-v0/late", "archive-v0/seen", "archive-v0/unused"].map(String::from).into(),
+        "the prune saw the other user's processes: the test proves nothing\n{report:#}"
+    );
+
+    // With the registry: `seen` from this host's record, `late` from its agent's answer.
+    let (out, report) = prune_as_pruner(&bin, &shared, &["--registry", registry]);
+    assert_eq!(out.status.code(), Some(0), "{}\nagent log:\n{}", show(&out), agent_log());
+    assert_eq!(removed(&report), ["archive-v0/unused".to_string()].into(), "{report:#}");
+    assert!(shared.exists("seen") && shared.exists("late") && !shared.exists("unused"));
+    let seen = holders(&report, "archive-v0/seen");
+    assert!(seen.iter().any(|h| h["host"] == "hostA" && h["pid"] == holder.id()), "{report:#}");
+    let late_holders = holders(&report, "archive-v0/late");
+    assert!(late_holders.iter().any(|h| h["host"] == "hostA" && h["pid"] == late.id()), "{report:#}");
+    let me = host(&report, "hostA");
+    assert_eq!(
+        (&me["this_host"], &me["state"], &me["answered"]),
+        (&json!(true), &json!("live"), &json!(true)),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_registry_the_prune_cannot_write_removes_nothing_while_a_host_is_live() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root_or_skip() {
+        return;
+    }
+    let shared = Shared::new(&["b-uses", "unused"]);
+    // uv's lock file exists already (a run that removes things would create it).
+    std::fs::write(shared.cache.join(".lock"), "").unwrap();
+    let bin = share_with_pruner(&shared);
+    let registry = shared.registry.to_str().unwrap();
+    // Host B is live (fresh heartbeat): a tool it started after that could use `unused`.
+    write_record(&shared.registry, "hostB", &["archive-v0/b-uses"], Duration::ZERO);
+    std::fs::set_permissions(&shared.registry, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let before = common::snapshot(&shared.cache);
+    let (out, _) = prune_as_pruner(&bin, &shared, &["--registry", registry, "--registry-timeout", "5s"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(registry)
+            && err.contains("hostB")
+            && err.contains("nothing is removed")
+            && err.contains("writable"),
+        "{err}"
+    );
+    common::assert_same_tree(&before, &common::snapshot(&shared.cache), "after an unannounced prune");
+    let names: Vec<String> = std::fs::read_dir(&shared.registry)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["host-hostB.json"]);
+
+    // Once B is stale (no heartbeat for 10 minutes, interval 1m; by its own time and by the
+    // file's, as without the file server's clock the younger age counts) nobody could answer
+    // anyway: its last entries are kept and the rest goes.
+    write_record(&shared.registry, "hostB", &["archive-v0/b-uses"], Duration::from_secs(600));
+    let (out, report) = prune_as_pruner(&bin, &shared, &["--registry", registry]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(removed(&report), ["archive-v0/unused".to_string()].into(), "{report:#}");
+    assert_eq!(host(&report, "hostB")["state"], "stale", "{report:#}");
 }
 
 // ---------------------------------------------------------------------------------------------
