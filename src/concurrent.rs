@@ -183,6 +183,11 @@ pub fn requested_names(argv: &[Vec<u8>]) -> BTreeSet<String> {
         if arg == b"--" {
             break;
         }
+        if takes_separate_value(arg) {
+            // `uvx -p 3.12 ruff`: `3.12` is the interpreter, not the tool.
+            i += 2;
+            continue;
+        }
         if !arg.starts_with(b"-") {
             if !tool_run && subcommand.len() < 2 {
                 subcommand.push(arg);
@@ -200,6 +205,74 @@ pub fn requested_names(argv: &[Vec<u8>]) -> BTreeSet<String> {
         i += 1;
     }
     out
+}
+
+/// Options of `uv`, `uv tool run`/`uvx` and `uv run` (uv 0.13.8) that take a value, long
+/// and short; `--from`/`--with` are read separately.
+const VALUE_OPTIONS: &[&[u8]] = &[
+    b"--cache-dir",
+    b"--config-file",
+    b"--color",
+    b"--python-preference",
+    b"--python-fetch",
+    b"--allow-insecure-host",
+    b"--trusted-host",
+    b"--preview-features",
+    b"--preview-feature",
+    b"--directory",
+    b"--project",
+    b"--with-editable",
+    b"--with-requirements",
+    b"--constraints",
+    b"--constraint",
+    b"--overrides",
+    b"--override",
+    b"--build-constraints",
+    b"--build-constraint",
+    b"--python",
+    b"--index",
+    b"--default-index",
+    b"--index-url",
+    b"--extra-index-url",
+    b"--find-links",
+    b"--index-strategy",
+    b"--keyring-provider",
+    b"--resolution",
+    b"--prerelease",
+    b"--fork-strategy",
+    b"--exclude-newer",
+    b"--exclude-newer-package",
+    b"--no-build-package",
+    b"--no-binary-package",
+    b"--config-setting",
+    b"--config-settings",
+    b"--config-settings-package",
+    b"--no-build-isolation-package",
+    b"--link-mode",
+    b"--reinstall-package",
+    b"--refresh-package",
+    b"--upgrade-package",
+    b"--torch-backend",
+    b"--env-file",
+    b"--python-platform",
+    b"--extra",
+    b"--group",
+    b"--only-group",
+    b"--no-group",
+    b"--package",
+    b"--no-sources-package",
+    b"-p",
+    b"-i",
+    b"-f",
+    b"-c",
+    b"-b",
+    b"-C",
+    b"-P",
+];
+
+/// True when `arg` is an option whose value is the next argument (not `--opt=v`, `-pX`).
+fn takes_separate_value(arg: &[u8]) -> bool {
+    VALUE_OPTIONS.contains(&arg)
 }
 
 /// `a,b==1.0` → `a`, `b`: the names, without versions, extras or markers.
@@ -315,6 +388,10 @@ mod tests {
         assert_eq!(names("uv run script.py"), Vec::<String>::new());
         assert_eq!(names("uv pip install numpy"), Vec::<String>::new());
         assert_eq!(names("uv -q x ruff"), ["ruff"]);
+        assert_eq!(names("uvx -p 3.12 ruff check"), ["ruff"]);
+        assert_eq!(names("uv tool run --python=3.12 --index-url http://x/simple -c c.txt black"), ["black"]);
+        assert_eq!(names("uv --cache-dir /c tool run -p3.12 httpie"), ["httpie"]);
+        assert_eq!(names("uv run --group dev --with rich python -m x"), ["rich"]);
         assert_eq!(names("uv"), Vec::<String>::new());
     }
 
