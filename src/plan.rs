@@ -197,13 +197,14 @@ impl<'a> Planner<'a> {
 
 impl Planner<'_> {
     fn run(&mut self, options: Options) {
-        let buckets = self.top_level();
+        let (buckets, going) = self.top_level();
         let current = |family: Family| -> Option<PathBuf> {
             family.current_name().map(PathBuf::from).filter(|n| buckets.contains(n))
         };
         if let Some(sdists) = current(Family::SourceDistributions) {
             self.stale_revisions(&sdists);
         }
+        self.remove_top_level(&going);
         if let Some(envs) = current(Family::Environments) {
             self.children(&envs, Reason::CachedEnvironment, |_| true);
         }
@@ -231,8 +232,10 @@ impl Planner<'_> {
             }
         }
         // References live in the wheel and sdist buckets uv knows, and in newer generations
-        // of them, which a newer uv sharing the cache still reads.
-        let reference_buckets: Vec<PathBuf> = buckets
+        // of them, which a newer uv sharing the cache still reads. Beside running uv, the
+        // older generations this run removes are walked too: their links defer the archives
+        // they reach, which an older uv may have just resolved.
+        let mut reference_buckets: Vec<PathBuf> = buckets
             .iter()
             .filter(|name| {
                 matches!(
@@ -243,6 +246,16 @@ impl Planner<'_> {
             })
             .cloned()
             .collect();
+        if self.protect.is_beside_uv() {
+            reference_buckets.extend(
+                going
+                    .iter()
+                    .filter(|(_, class)| {
+                        matches!(class, TopLevel::Older(Family::Wheels | Family::SourceDistributions, _))
+                    })
+                    .map(|(rel, _)| rel.clone()),
+            );
+        }
         if let Some(archive) = current(Family::Archive) {
             self.unreferenced_archives(&archive, &reference_buckets);
         }
@@ -323,9 +336,11 @@ impl Planner<'_> {
         }
     }
 
-    /// Step one: classify the top level; return the bucket directories that remain.
-    fn top_level(&mut self) -> BTreeSet<PathBuf> {
+    /// Classify the top level: the bucket directories that remain, and what goes (older
+    /// generations, strays), for [`Planner::remove_top_level`].
+    fn top_level(&mut self) -> (BTreeSet<PathBuf>, Vec<(PathBuf, TopLevel)>) {
         let mut buckets = BTreeSet::new();
+        let mut going = Vec::new();
         for name in self.list(Path::new("")) {
             let rel = PathBuf::from(&name);
             let is_dir = fs::symlink_metadata(self.root.join(&rel)).is_ok_and(|m| m.is_dir());
@@ -338,12 +353,30 @@ impl Planner<'_> {
                     self.plan.kept.insert(rel.clone(), KeepReason::NewerBucket);
                     buckets.insert(rel);
                 }
-                TopLevel::Older(..) if is_dir => self.consider(rel, Reason::StaleBucket, Phase::References),
+                older @ TopLevel::Older(..) if is_dir => going.push((rel, older)),
                 // Files, links and non-bucket directories (uv: "dangling cache bucket").
-                _ => self.consider(rel, Reason::UnknownEntry, Phase::References),
+                _ => going.push((rel, TopLevel::Other)),
             }
         }
-        buckets
+        (buckets, going)
+    }
+
+    /// uv's step after stale revisions: older generations and stray top-level entries.
+    fn remove_top_level(&mut self, going: &[(PathBuf, TopLevel)]) {
+        for (rel, class) in going {
+            match *class {
+                // Beside running uv, entry by entry: an older uv sharing the cache may be
+                // writing into its bucket now, and each entry is judged as it is listed. The
+                // emptied bucket itself goes with the next run that holds the lock.
+                TopLevel::Older(family, _) if self.protect.is_beside_uv() => {
+                    for name in self.list(rel) {
+                        self.entries_below(&rel.join(name), family, Reason::StaleBucket);
+                    }
+                }
+                TopLevel::Older(..) => self.consider(rel.clone(), Reason::StaleBucket, Phase::References),
+                _ => self.consider(rel.clone(), Reason::UnknownEntry, Phase::References),
+            }
+        }
     }
 
     /// Every child of `bucket` that `select` accepts.
@@ -738,6 +771,43 @@ mod tests {
         fs::remove_dir_all(root.join("wheels-v7/pypi/a")).unwrap();
         let p = plan(&root, Options::default(), &protect);
         assert_eq!(rels(&p), ["archive-v0/env", "archive-v0/orphan", "archive-v0/used"]);
+    }
+
+    /// Beside running uv, an older generation goes entry by entry, each judged as listed (an
+    /// older uv sharing the cache may be writing into it), and the archives its links reach
+    /// wait for the next run.
+    #[test]
+    fn beside_uv_older_buckets_go_entry_by_entry() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        fs::create_dir_all(root.join("wheels-v5/pypi/old")).unwrap();
+        fs::create_dir_all(root.join("wheels-v5/pypi/busy")).unwrap();
+        symlink("../../../archive-v0/orphan", root.join("wheels-v5/pypi/old/1-py3-none-any")).unwrap();
+        let busy = fs::File::create(root.join("wheels-v5/pypi/busy/1-py3-none-any.lock")).unwrap();
+        rustix::fs::flock(&busy, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        // Alone, the bucket goes whole with the archive only it links to.
+        let p = plan(&root, Options::default(), &Protect::default());
+        assert_eq!(rels(&p), ["wheels-v5", "environments-v2/h", "archive-v0/env", "archive-v0/orphan"]);
+        let mut protect = Protect::default();
+        protect.set_beside_uv(std::time::Duration::ZERO);
+        let p = plan(&root, Options::default(), &protect);
+        assert_eq!(rels(&p), ["wheels-v5/pypi/old", "environments-v2/h"]);
+        assert_eq!(p.kept.get(Path::new("wheels-v5/pypi/busy")), Some(&KeepReason::Locked));
+        assert_eq!(p.kept.get(Path::new("archive-v0/orphan")), Some(&KeepReason::Deferred));
+    }
+
+    /// Beside running uv, an archive whose environment link stays is reported with the link's
+    /// reason (uv would have removed both).
+    #[test]
+    fn beside_uv_an_archive_kept_by_its_environment_link_is_reported() {
+        let tmp = cache();
+        let root = fs::canonicalize(tmp.path()).unwrap();
+        let mut protect = Protect::default();
+        protect.set_beside_uv(std::time::Duration::ZERO);
+        protect.add("environments-v2/h/r".into(), KeepReason::NewestTool);
+        let p = plan(&root, Options::default(), &protect);
+        assert_eq!(rels(&p), ["archive-v0/orphan"]);
+        assert_eq!(p.kept.get(Path::new("archive-v0/env")), Some(&KeepReason::NewestTool));
     }
 
     #[test]
