@@ -49,7 +49,8 @@ impl Env {
             xdg_cache_home: path("XDG_CACHE_HOME"),
             xdg_config_home: path("XDG_CONFIG_HOME"),
             xdg_config_dirs: std::env::var("XDG_CONFIG_DIRS").ok(),
-            home: path("HOME"),
+            // `HOME`, else the password database, as uv's `home_dir` does.
+            home: std::env::home_dir().filter(|h| !h.as_os_str().is_empty()),
         }
     }
 }
@@ -131,7 +132,10 @@ fn from_config(inputs: &Inputs) -> Result<Option<(PathBuf, PathBuf)>, ConfigErro
     if let Some(file) = explicit {
         // An explicit file is used alone (and is read even with --no-config, like uv).
         let file = if file.is_absolute() { file } else { inputs.cwd.join(file) };
-        let options = read_uv_toml(&file)?.unwrap_or_default();
+        // uv fails on a missing explicit file; a typo must not prune the default cache.
+        let Some(options) = read_uv_toml(&file)? else {
+            return Err(ConfigError { path: file, reason: "no such file".into() });
+        };
         return Ok(options.cache_dir.map(|d| (d, file)));
     }
     if inputs.no_config || inputs.env.uv_no_config {
@@ -184,21 +188,21 @@ fn user_configs(env: &Env) -> Vec<PathBuf> {
     if let Some(dir) = config_home {
         files.push(dir.join("uv").join("uv.toml"));
     }
-    let system_dirs = env.xdg_config_dirs.clone().unwrap_or_default();
-    let mut found_system = false;
-    for dir in system_dirs.split(':').filter(|d| Path::new(d).is_absolute()) {
-        let file = Path::new(dir).join("uv").join("uv.toml");
-        if file.is_file() {
-            files.push(file);
-            found_system = true;
-            break;
-        }
-    }
-    if !found_system {
-        files.push(PathBuf::from("/etc/uv/uv.toml"));
-    }
+    files.extend(system_config_candidates(env).into_iter().find(|f| f.is_file()));
     files.retain(|f| f.is_file());
     files
+}
+
+/// Where uv looks for the system's `uv.toml`, in order (the first that exists is used):
+/// `<dir>/uv/uv.toml` for each absolute dir of `XDG_CONFIG_DIRS` (`/etc/xdg` when unset), then
+/// `/etc/uv/uv.toml`.
+fn system_config_candidates(env: &Env) -> Vec<PathBuf> {
+    let dirs = env.xdg_config_dirs.clone().unwrap_or_else(|| "/etc/xdg".into());
+    dirs.split(':')
+        .filter(|d| Path::new(d).is_absolute())
+        .map(|d| Path::new(d).join("uv").join("uv.toml"))
+        .chain([PathBuf::from("/etc/uv/uv.toml")])
+        .collect()
 }
 
 fn read_text(file: &Path) -> Result<Option<String>, ConfigError> {
@@ -325,5 +329,29 @@ mod tests {
         let mut i = inputs(tmp.path());
         i.config_file = Some("cf.toml".into());
         assert_eq!(locate(&i).unwrap().path, PathBuf::from("/explicit"));
+        // A missing explicit file is an error, as in uv: never the default cache instead.
+        i.config_file = Some("typo.toml".into());
+        let err = locate(&i).unwrap_err();
+        assert!(err.to_string().contains("typo.toml") && err.to_string().contains("no such file"), "{err}");
+    }
+
+    /// With `XDG_CONFIG_DIRS` unset uv looks in `/etc/xdg`, then `/etc/uv`.
+    #[test]
+    fn system_config_defaults_to_etc_xdg() {
+        let paths = |dirs: Option<&str>| {
+            let env = Env { xdg_config_dirs: dirs.map(String::from), ..Env::default() };
+            system_config_candidates(&env)
+        };
+        assert_eq!(paths(None), [PathBuf::from("/etc/xdg/uv/uv.toml"), PathBuf::from("/etc/uv/uv.toml")]);
+        assert_eq!(
+            paths(Some("rel:/a:")),
+            [PathBuf::from("/a/uv/uv.toml"), PathBuf::from("/etc/uv/uv.toml")]
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("uv")).unwrap();
+        std::fs::write(tmp.path().join("uv/uv.toml"), "").unwrap();
+        let env =
+            Env { xdg_config_dirs: Some(format!("/nonexistent:{}", tmp.path().display())), ..Env::default() };
+        assert_eq!(user_configs(&env), [tmp.path().join("uv/uv.toml")]);
     }
 }
