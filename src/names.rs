@@ -688,7 +688,7 @@ fn parse_metadata(bytes: &[u8]) -> Option<Metadata> {
             name = Some(valid_name(value)?.to_string());
         } else if key.eq_ignore_ascii_case(b"Version") && version.is_none() {
             version = Some(valid_version(value)?.to_string());
-        } else if key.eq_ignore_ascii_case(b"Requires-Dist") {
+        } else if key.eq_ignore_ascii_case(b"Requires-Dist") && !only_for_extra(value) {
             let end = value
                 .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
                 .unwrap_or(value.len());
@@ -698,6 +698,22 @@ fn parse_metadata(bytes: &[u8]) -> Option<Metadata> {
         }
     }
     Some(Metadata { name: name?, version: version?, requires })
+}
+
+/// True for a requirement that applies only with an extra (`aiohttp; extra == "d"`): the
+/// distribution needs it only when the extra was asked for, so it does not make a requested
+/// distribution a dependency (`uvx --with aiohttp black` asks for both). A marker that tests
+/// `extra ==` anywhere counts, even under an `or`: erring that way splits tools apart (keeps
+/// more under `--keep-tools`), never merges two.
+fn only_for_extra(requirement: &str) -> bool {
+    let Some((_, marker)) = requirement.split_once(';') else { return false };
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    marker.match_indices("extra").any(|(at, m)| {
+        let (before, after) = (&marker[..at], &marker[at + m.len()..]);
+        !word(before.chars().next_back())
+            && !word(after.chars().next())
+            && (after.trim_start().starts_with("==") || before.trim_end().ends_with("=="))
+    })
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
@@ -780,6 +796,28 @@ fn read_bounded(root: &Path, path: &Path, limit: usize, done: impl Fn(&[u8]) -> 
     Some(out)
 }
 
+/// Up to `limit` bytes of the file at `path` (following links: a venv's own files), never
+/// blocking on a FIFO and without updating its access time where the kernel allows: reading
+/// an environment to protect or name it must not count as using it (`--older-than`).
+pub fn read_quietly(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let open = |extra: i32| fs::OpenOptions::new().read(true).custom_flags(flags | extra).open(path);
+    #[cfg(target_os = "linux")]
+    let file = match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0)?,
+        other => other?,
+    };
+    #[cfg(not(target_os = "linux"))]
+    let file = open(0)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut out = Vec::new();
+    file.take(limit).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Open for reading: never through a symlink, never blocking on a FIFO, without touching the
 /// access time where allowed (`O_NOATIME` is refused for other users' files: then normally).
 fn open_quietly(path: &Path) -> std::io::Result<fs::File> {
@@ -833,7 +871,7 @@ mod tests {
     #[test]
     fn metadata_header_only() {
         let m = parse_metadata(
-            b"Metadata-Version: 2.1\r\nName: My_Pkg\r\nVersion: 1.0.post1\r\nRequires-Dist: Dep.A[x] (>=1); extra == 'x'\r\n\r\nName: other\n",
+            b"Metadata-Version: 2.1\r\nName: My_Pkg\r\nVersion: 1.0.post1\r\nRequires-Dist: Dep.A[x] (>=1); python_version >= '3'\r\nRequires-Dist: opt; extra == 'x'\r\n\r\nName: other\n",
         )
         .unwrap();
         assert_eq!((m.name.as_str(), m.version.as_str()), ("My_Pkg", "1.0.post1"));
@@ -872,6 +910,25 @@ mod tests {
                 "{rel}"
             );
         }
+    }
+
+    /// `uvx --with aiohttp black`: black wants aiohttp only with its `d` extra, so both are
+    /// what the environment was asked for.
+    #[test]
+    fn a_dependency_only_for_an_extra_stays_top_level() {
+        let (_tmp, root) = cache();
+        let site = venv(&root, "archive-v0/env");
+        dist(&site, "black", "24.1", &["click>=8", "aiohttp>=3.7; extra == \"d\""], true);
+        dist(&site, "aiohttp", "3.9", &[], true);
+        dist(&site, "click", "8.1", &[], true);
+        let l = label(&root, Path::new("archive-v0/env"), Detail::Full);
+        assert_eq!(l.packages, ["aiohttp", "black"]);
+        assert!(only_for_extra("x; python_version < \"3.8\" and extra=='d'"));
+        assert!(only_for_extra("x ; 'd' == extra"));
+        assert!(!only_for_extra("x; python_version >= \"3.8\""));
+        assert!(!only_for_extra("extras-helper>=1"));
+        assert!(!only_for_extra("x; platform_extra == 'y'"));
+        assert!(!only_for_extra("x; extra != 'd'"));
     }
 
     #[test]

@@ -14,8 +14,12 @@
 //! The filesystem records no "last use", so it is read from the entry's timestamps: the maximum
 //! over the entry itself and its *key files* of the modification time, the change time, and,
 //! for regular files on a mount that records access times (not `noatime`, read from
-//! `/proc/self/mountinfo`), the access time. Key files are what uv or Python read on every
-//! use, and nothing else reads:
+//! `/proc/self/mountinfo`), the access time. On a `relatime` mount (the Linux default) the
+//! kernel records a read only when the recorded access is older than the last change or more
+//! than a day old, so a use up to a day after the recorded access leaves no trace: for
+//! `--older-than` the access time there counts as a day later (never later than now), which
+//! keeps a thing used an hour ago that was also used yesterday. Key files are what uv or
+//! Python read on every use, and nothing else reads:
 //!
 //! | entry | key files |
 //! |---|---|
@@ -33,7 +37,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -68,15 +71,32 @@ pub fn protect(
         return;
     }
     let mountinfo = std::fs::read(proc_root.join("self/mountinfo")).ok();
-    let clock = Clock { root, atime: atime_recorded(mountinfo.as_deref(), root) };
     // Timestamps first: reading the kept environments below must not count as their use.
-    let recent = retention.older_than.map(|age| recent_paths(&clock, age)).unwrap_or_default();
+    let recent = retention
+        .older_than
+        .map(|age| recent_paths(&Clock::for_older_than(root, mountinfo.as_deref()), age))
+        .unwrap_or_default();
+    let view = CacheView::new(root, configured, mountinfo.as_deref());
     if let Some(n) = retention.keep_tools.filter(|&n| n > 0) {
-        let view = CacheView::new(root, configured, mountinfo.as_deref());
         keep_newest_tools(&view, n, protect);
     }
+    // A recent venv keeps what it points into (a symlink-mode venv's wheel archives), as a
+    // kept tool environment does: else `--ci` or `--max-size` would break what it keeps.
+    let venvs: Vec<PathBuf> = recent
+        .iter()
+        .filter(|rel| {
+            let abs = root.join(rel);
+            abs.symlink_metadata().is_ok_and(|m| m.is_dir()) && abs.join("pyvenv.cfg").is_file()
+        })
+        .cloned()
+        .collect();
     for rel in recent {
         protect.add(rel, KeepReason::Recent);
+    }
+    if !venvs.is_empty() {
+        for needed in usage::closure(&view, venvs).into_keys() {
+            protect.add(needed, KeepReason::Recent);
+        }
     }
 }
 
@@ -98,21 +118,59 @@ fn now_nanos() -> Nanos {
     }
 }
 
+/// How the mount holding the cache records access times (`/proc/self/mountinfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// `noatime`: never.
+    Never,
+    /// `relatime` (the Linux default): only when the recorded access is older than the last
+    /// change or than a day.
+    Relatime,
+    /// `strictatime`, or a mount we could not find: every read.
+    Always,
+}
+
+/// How long after its recorded access time a file on a `relatime` mount may have been read
+/// without the kernel recording it.
+const RELATIME_WINDOW: Nanos = 24 * 3600 * 1_000_000_000;
+
 /// Reads "last use" evidence from one cache.
 struct Clock<'a> {
     root: &'a Path,
     /// The mount records access times.
     atime: bool,
+    /// Added to access times (capped at `now`): what a use may leave unrecorded.
+    unrecorded: Nanos,
+    now: Nanos,
 }
 
-impl Clock<'_> {
+impl<'a> Clock<'a> {
+    /// The raw timestamps, for ordering entries by last use (`--max-size`).
+    fn new(root: &'a Path, mountinfo: Option<&[u8]>) -> Self {
+        let atime = atime_mode(mountinfo, root) != AtimeMode::Never;
+        Clock { root, atime, unrecorded: 0, now: now_nanos() }
+    }
+
+    /// For `--older-than`, whose "last use" must never be older than the truth: on a
+    /// `relatime` mount an access time stands for any time up to a day later.
+    fn for_older_than(root: &'a Path, mountinfo: Option<&[u8]>) -> Self {
+        let mode = atime_mode(mountinfo, root);
+        let unrecorded = if mode == AtimeMode::Relatime { RELATIME_WINDOW } else { 0 };
+        Clock { root, atime: mode != AtimeMode::Never, unrecorded, now: now_nanos() }
+    }
+
     /// The youngest evidence of use of one path (not following links), if it exists.
     fn evidence(&self, meta: &Metadata) -> Nanos {
         let mut t = nanos(meta.mtime(), meta.mtime_nsec()).max(nanos(meta.ctime(), meta.ctime_nsec()));
         if self.atime && meta.file_type().is_file() {
-            t = t.max(nanos(meta.atime(), meta.atime_nsec()));
+            t = t.max(self.accessed(nanos(meta.atime(), meta.atime_nsec())));
         }
         t
+    }
+
+    /// The latest use a recorded access time allows for.
+    fn accessed(&self, atime: Nanos) -> Nanos {
+        atime.saturating_add(self.unrecorded).min(self.now.max(atime))
     }
 
     /// The last use of a unit: the youngest evidence over `rels` (missing ones skipped).
@@ -124,12 +182,12 @@ impl Clock<'_> {
     }
 }
 
-/// Whether the mount holding `root` records access times: false for `noatime`, true for
-/// `relatime` (the Linux default), `strictatime`, and when the mount cannot be found.
-pub fn atime_recorded(mountinfo: Option<&[u8]>, root: &Path) -> bool {
-    let Some(info) = mountinfo else { return true };
+/// How the mount holding `root` records access times; [`AtimeMode::Always`] when the mount
+/// cannot be found (`strictatime` shows no option in mountinfo).
+pub fn atime_mode(mountinfo: Option<&[u8]>, root: &Path) -> AtimeMode {
+    let Some(info) = mountinfo else { return AtimeMode::Always };
     let root = root.as_os_str().as_bytes();
-    let mut best: Option<(usize, bool)> = None;
+    let mut best: Option<(usize, AtimeMode)> = None;
     for line in info.split(|&b| b == b'\n') {
         let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
         let (Some(mount_point), Some(options)) = (fields.get(4), fields.get(5)) else { continue };
@@ -138,11 +196,18 @@ pub fn atime_recorded(mountinfo: Option<&[u8]>, root: &Path) -> bool {
         let contains = root == mp || (root.starts_with(mp) && root.get(mp.len()) == Some(&b'/'));
         // Later lines are mounted over earlier ones at the same point.
         if contains && best.is_none_or(|(len, _)| mp.len() >= len) {
-            let noatime = options.split(|&b| b == b',').any(|o| o == b"noatime");
-            best = Some((mp.len(), !noatime));
+            let has = |wanted: &[u8]| options.split(|&b| b == b',').any(|o| o == wanted);
+            let mode = if has(b"noatime") {
+                AtimeMode::Never
+            } else if has(b"relatime") {
+                AtimeMode::Relatime
+            } else {
+                AtimeMode::Always
+            };
+            best = Some((mp.len(), mode));
         }
     }
-    best.is_none_or(|(_, recorded)| recorded)
+    best.map_or(AtimeMode::Always, |(_, mode)| mode)
 }
 
 /// Undo mountinfo's octal escapes (`\040` is a space).
@@ -609,23 +674,7 @@ fn keep_newest_tools(view: &CacheView<'_>, n: u32, protect: &mut Protect) {
 
 /// Up to 64 KiB of a small file, without marking it accessed where the kernel allows.
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(target_os = "linux")]
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NOATIME is refused (EPERM) for files of other users; then read normally.
-        match options.clone().custom_flags(libc::O_NOATIME).open(path) {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => options.open(path)?,
-            Err(e) => return Err(e),
-        }
-    };
-    #[cfg(not(target_os = "linux"))]
-    let file = options.open(path)?;
-    let mut out = Vec::new();
-    file.take(64 * 1024).read_to_end(&mut out)?;
-    Ok(out)
+    crate::names::read_quietly(path, 64 * 1024)
 }
 
 /// `major.minor` of `version_info` (uv) or `version` (virtualenv) in a `pyvenv.cfg`.
@@ -931,7 +980,7 @@ pub fn fit(
     }
     let is_doomed = |rel: &Path| rel.ancestors().any(|a| doomed.contains(a));
     let mountinfo = std::fs::read(proc_root.join("self/mountinfo")).ok();
-    let clock = Clock { root, atime: atime_recorded(mountinfo.as_deref(), root) };
+    let clock = Clock::new(root, mountinfo.as_deref());
     let mut candidates: Vec<Candidate> = evictable_units(root)
         .into_iter()
         .filter_map(|mut unit| {
@@ -1070,13 +1119,18 @@ mod tests {
 30 22 0:30 / /mnt/no\\040atime rw,noatime - tmpfs tmpfs rw\n\
 31 22 0:31 / /srv rw,strictatime - tmpfs tmpfs rw\n\
 32 31 0:32 / /srv rw,noatime - tmpfs tmpfs rw\n";
-        assert!(atime_recorded(Some(info), Path::new("/home/u/.cache/uv")));
-        assert!(!atime_recorded(Some(info), Path::new("/mnt/no atime/uv")));
-        assert!(atime_recorded(Some(info), Path::new("/mnt/no")));
+        assert_eq!(atime_mode(Some(info), Path::new("/home/u/.cache/uv")), AtimeMode::Relatime);
+        assert_eq!(atime_mode(Some(info), Path::new("/mnt/no atime/uv")), AtimeMode::Never);
+        assert_eq!(atime_mode(Some(info), Path::new("/mnt/no")), AtimeMode::Relatime);
         // Mounted over: the later mount wins.
-        assert!(!atime_recorded(Some(info), Path::new("/srv/cache")));
-        assert!(atime_recorded(None, Path::new("/x")));
-        assert!(atime_recorded(Some(b"garbage\n"), Path::new("/x")));
+        assert_eq!(atime_mode(Some(info), Path::new("/srv/cache")), AtimeMode::Never);
+        assert_eq!(atime_mode(Some(info), Path::new("/srv")), AtimeMode::Never);
+        assert_eq!(
+            atime_mode(Some(b"31 22 0:31 / /srv rw,strictatime - tmpfs tmpfs rw\n"), Path::new("/srv/x")),
+            AtimeMode::Always
+        );
+        assert_eq!(atime_mode(None, Path::new("/x")), AtimeMode::Always);
+        assert_eq!(atime_mode(Some(b"garbage\n"), Path::new("/x")), AtimeMode::Always);
     }
 
     /// A tool environment: `environments-v2/<digest>/<hash>` → `archive-v0/<id>`, a venv
@@ -1287,16 +1341,39 @@ mod tests {
         assert!(census.total >= 64 * 1024);
     }
 
+    /// On a `relatime` mount a read up to a day after the recorded access leaves no trace:
+    /// `--older-than` counts the access as that much later (never later than now).
+    #[test]
+    fn relatime_access_counts_up_to_a_day_later() {
+        let root = Path::new("/c");
+        let mount = |options: &str| format!("22 1 254:0 / / rw,{options} - ext4 /dev/vda rw\n").into_bytes();
+        let hour: Nanos = 3600 * 1_000_000_000;
+        let strict = Clock::for_older_than(root, Some(&mount("strictatime")));
+        let relatime = Clock::for_older_than(root, Some(&mount("relatime")));
+        let noatime = Clock::for_older_than(root, Some(&mount("noatime")));
+        let raw = Clock::new(root, Some(&mount("relatime")));
+        let now = relatime.now;
+        assert!(strict.atime && relatime.atime && !noatime.atime && raw.atime);
+        // Accessed 2 hours ago: a read since may have gone unrecorded, up to now.
+        assert_eq!(strict.accessed(now - 2 * hour), now - 2 * hour);
+        assert_eq!(relatime.accessed(now - 2 * hour), now);
+        // Accessed 30 hours ago: any read after 24 hours would have been recorded.
+        assert_eq!(relatime.accessed(now - 30 * hour), now - 6 * hour);
+        // `--max-size` orders by the raw times; a time in the future stays what it is.
+        assert_eq!(raw.accessed(now - 30 * hour), now - 30 * hour);
+        assert_eq!(relatime.accessed(now + hour), now + hour);
+    }
+
     #[test]
     fn evidence_ignores_directory_and_link_access_times() {
         let tmp = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(tmp.path()).unwrap();
         fs::create_dir(root.join("d")).unwrap();
         fs::write(root.join("f"), "x").unwrap();
-        let clock = Clock { root: &root, atime: true };
+        let clock = Clock { root: &root, atime: true, unrecorded: 0, now: now_nanos() };
         let meta = fs::metadata(root.join("f")).unwrap();
         assert!(clock.evidence(&meta) >= nanos(meta.ctime(), meta.ctime_nsec()));
-        let no_atime = Clock { root: &root, atime: false };
+        let no_atime = Clock { root: &root, atime: false, unrecorded: 0, now: now_nanos() };
         assert!(clock.last_use(&["f".into(), "missing".into()]).is_some());
         assert_eq!(no_atime.last_use(&["missing".into()]), None);
         assert!(python_minor(b"home = /x\nversion_info = 3.12.1\n") == "3.12");

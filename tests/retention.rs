@@ -205,7 +205,8 @@ fn older_than_removes_only_entries_unused_for_that_long() {
     let atime_before = std::fs::metadata(&cfg).unwrap().atime();
     env.tool_run("dozy==1.0", "dozy");
     if std::fs::metadata(&cfg).unwrap().atime() == atime_before {
-        // A `noatime` mount records no use; stand in for Python's read.
+        // The mount did not record this read (`noatime`, or `relatime` within a day of the
+        // last recorded one, which safe-prune allows for): stand in for Python's read.
         touch(&cfg, None);
     }
     let fresh_tmp = env.cache.join(".tmpFreshLeak");
