@@ -9,9 +9,11 @@
 
 mod common;
 
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::{alive, become_subreaper, parent_of};
+use common::process::{alive, become_subreaper, parent_of, Child};
 use common::{show, stderr, TestEnv};
 
 /// Starts `sleepy` 0.1 under `uv tool run` and checks the probe works before any prune.
@@ -53,6 +55,42 @@ fn uv_prune_breaks_running_tool() {
         answer.starts_with("ModuleNotFoundError"),
         "expected the running tool to be broken, it answered {answer:?}"
     );
+}
+
+/// `uv run --with`: the tool runs from an overlay in `builds-v0` that extends a cached
+/// environment in `archive-v0`. With its uv parent gone, `uv cache prune` removes both (the
+/// overlay as a temporary build, the base as unreferenced once its link goes), and the tool's
+/// next import fails. `tests/inuse.rs` has safe-prune's side of it.
+#[test]
+fn uv_prune_breaks_a_uv_run_with_overlay() {
+    become_subreaper();
+    let env = TestEnv::new();
+    let trigger = env.root.join("overlay-trigger");
+    let mut cmd = env.command(common::uv());
+    cmd.args(["run", "--offline", "--find-links"])
+        .arg(&env.wheels)
+        .args(["--no-project", "--with", "sleepy==0.1", "sleepy", "--trigger"])
+        .arg(&trigger)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut uv = Child(cmd.spawn().unwrap());
+    let lines = common::process::line_reader(uv.0.stdout.take().unwrap());
+    let ready = common::process::wait_for_line(&lines, "ready", Duration::from_secs(60));
+    let pid: u32 = ready.strip_prefix("ready pid=").and_then(|p| p.trim().parse().ok()).unwrap();
+    let _guard = common::process::PidGuard(pid);
+    let overlay = std::fs::read_dir(env.cache.join("builds-v0")).unwrap().next().unwrap().unwrap().path();
+    assert!(overlay.join("pyvenv.cfg").is_file(), "{overlay:?} is no overlay venv");
+    uv.kill();
+    assert!(alive(pid), "the tool died with its uv parent");
+
+    let out = env.uv_cmd().args(["cache", "prune", "-v"]).env("UV_LOCK_TIMEOUT", "20").output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!overlay.exists(), "uv kept the running overlay {overlay:?}\n{}", show(&out));
+    std::fs::write(&trigger, b"").unwrap();
+    let result = PathBuf::from(format!("{}.result", trigger.display()));
+    assert!(common::process::wait_until(Duration::from_secs(20), || result.exists()), "no answer");
+    let answer = std::fs::read_to_string(&result).unwrap();
+    assert!(answer.starts_with("ModuleNotFoundError"), "expected a broken tool, it answered {answer:?}");
 }
 
 #[test]
