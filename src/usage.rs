@@ -3,9 +3,13 @@
 //!
 //! A path counts when it lies under any *spelling* of the cache root: the path as configured,
 //! its canonical form, and every bind-mount alias found in `/proc/self/mountinfo` (a bind
-//! mount of the cache, or of one entry, elsewhere). Evidence the scan caught only by device
-//! and inode (a process in another mount namespace) is resolved with one walk of the cache.
-//! Matching is byte-exact prefix comparison; nothing is parsed as a pattern.
+//! mount of the cache, or of one entry, elsewhere). Where the cache lies in its filesystem
+//! (from the same mountinfo) goes to the scan, which reads the environment and command line
+//! of a process in another mount namespace with that namespace's spellings and hands back
+//! such hits rewritten to the canonical root (the process's own text kept for the report).
+//! Evidence the scan caught only by device and inode (a process in another mount namespace)
+//! is resolved with one walk of the cache. Matching is byte-exact prefix comparison; nothing
+//! is parsed as a pattern.
 //!
 //! An entry in use is kept together with its closure: the `environments-v2` links (and other
 //! links) that reach it, so the running tool's environment stays reusable; the environments a
@@ -18,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use platform::{Device, Evidence, ScanReport, ScanRequest, Source};
+use platform::{Device, Evidence, FsLocation, ScanReport, ScanRequest, Source};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -94,6 +98,9 @@ pub struct CacheView<'a> {
     /// Every spelling, longest prefix first.
     pub spellings: Vec<Spelling>,
     pub device: Option<Device>,
+    /// Where the cache lies in its filesystem, from our mountinfo: the scan finds the cache's
+    /// spellings in other mount namespaces from it.
+    pub location: Option<FsLocation>,
 }
 
 impl<'a> CacheView<'a> {
@@ -104,13 +111,15 @@ impl<'a> CacheView<'a> {
             Spelling { prefix: normalize(configured).as_os_str().as_bytes().to_vec(), rel: PathBuf::new() },
         ];
         let device = std::fs::metadata(root).ok().map(|m| device_of(m.dev()));
-        if let (Some(info), Some(dev)) = (mountinfo, device) {
-            spellings.extend(mount_aliases(root, dev, info));
+        let location =
+            mountinfo.and_then(|info| platform::mountinfo::locate(info, root.as_os_str().as_bytes(), device));
+        if let (Some(info), Some(location)) = (mountinfo, &location) {
+            spellings.extend(mount_aliases(info, location));
         }
         spellings.retain(|s| s.prefix.len() > 1);
         spellings.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then(a.prefix.cmp(&b.prefix)));
         spellings.dedup();
-        Self { root, spellings, device }
+        Self { root, spellings, device, location }
     }
 
     /// The cache-relative path of an absolute path, through any spelling (the reference that
@@ -182,6 +191,7 @@ impl<'a> CacheView<'a> {
             skip_pids: Vec::new(),
             argv_of: vec![b"uv".to_vec(), b"uvx".to_vec()],
             threads: 0,
+            location: self.location.clone(),
         }
     }
 }
@@ -213,81 +223,13 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// Undo mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` `\`).
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\'
-            && i + 3 < field.len()
-            && field[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (field[i + 1] - b'0') as u32 * 64
-                + (field[i + 2] - b'0') as u32 * 8
-                + (field[i + 3] - b'0') as u32;
-            if let Ok(byte) = u8::try_from(v) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
-}
-
-/// One mountinfo line: (device, root within the filesystem, mount point).
-fn parse_mount_line(line: &[u8]) -> Option<(Device, Vec<u8>, Vec<u8>)> {
-    let mut fields = line.split(|&b| b == b' ');
-    let _id = fields.next()?;
-    let _parent = fields.next()?;
-    let dev = std::str::from_utf8(fields.next()?).ok()?;
-    let (major, minor) = dev.split_once(':')?;
-    let device = Device { major: major.parse().ok()?, minor: minor.parse().ok()? };
-    let root = unescape_mountinfo(fields.next()?);
-    let mount_point = unescape_mountinfo(fields.next()?);
-    Some((device, root, mount_point))
-}
-
-/// Aliases of the cache (or of parts of it) through other mounts of its filesystem.
-pub fn mount_aliases(canonical: &Path, device: Device, mountinfo: &[u8]) -> Vec<Spelling> {
-    let canonical = canonical.as_os_str().as_bytes();
-    let mounts: Vec<_> = mountinfo
-        .split(|&b| b == b'\n')
-        .filter_map(parse_mount_line)
-        .filter(|(d, _, _)| *d == device)
-        .collect();
-    // The mount through which we see the cache: the longest mount point containing it.
-    let Some((_, host_root, host_mp)) = mounts
-        .iter()
-        .filter(|(_, _, mp)| platform::under_root(canonical, trim_slash(mp)))
-        .max_by_key(|(_, _, mp)| mp.len())
-    else {
-        return Vec::new();
-    };
-    // The cache's path inside its filesystem.
-    let mut fs_path = trim_slash(host_root).to_vec();
-    fs_path.extend_from_slice(&canonical[trim_slash(host_mp).len()..]);
-    let mut out = Vec::new();
-    for (_, root, mp) in &mounts {
-        let (root, mp) = (trim_slash(root), trim_slash(mp));
-        if platform::under_root(&fs_path, root) {
-            let mut prefix = mp.to_vec();
-            prefix.extend_from_slice(&fs_path[root.len()..]);
-            out.push(Spelling { prefix, rel: PathBuf::new() });
-        } else if platform::under_root(root, &fs_path) {
-            let rest = &root[fs_path.len()..];
-            let rel = PathBuf::from(OsStr::from_bytes(rest.strip_prefix(b"/").unwrap_or(rest)));
-            out.push(Spelling { prefix: mp.to_vec(), rel });
-        }
-    }
-    out
-}
-
-/// `/` stays `` so that joining works; other paths lose a trailing slash.
-fn trim_slash(p: &[u8]) -> &[u8] {
-    p.strip_suffix(b"/").unwrap_or(p)
+/// Aliases of the cache (or of parts of it) through every mount of its filesystem in our
+/// namespace, the canonical path among them.
+pub fn mount_aliases(mountinfo: &[u8], location: &FsLocation) -> Vec<Spelling> {
+    platform::mountinfo::spellings(mountinfo, location)
+        .into_iter()
+        .map(|s| Spelling { prefix: s.prefix, rel: PathBuf::from(OsStr::from_bytes(&s.rel)) })
+        .collect()
 }
 
 /// Uid → user name, from `/etc/passwd` (read once).
@@ -303,12 +245,18 @@ pub fn user_names() -> HashMap<u32, String> {
         .collect()
 }
 
-/// The `detail` text of one piece of evidence.
+/// The `detail` text of one piece of evidence. A path the process spells differently (another
+/// mount namespace, a chroot) is shown as the process wrote it, then as we see it.
 fn detail(ev: &Evidence) -> String {
-    let path = String::from_utf8_lossy(&ev.path);
+    let path = match &ev.original {
+        Some(theirs) => {
+            format!("{} (its view of {})", String::from_utf8_lossy(theirs), String::from_utf8_lossy(&ev.path))
+        }
+        None => String::from_utf8_lossy(&ev.path).into_owned(),
+    };
     match ev.source {
         Source::Environ => format!("{}={path}", ev.detail),
-        _ if ev.detail.is_empty() => path.into_owned(),
+        _ if ev.detail.is_empty() => path,
         _ => format!("{} {path}", ev.detail),
     }
 }
@@ -629,7 +577,9 @@ mod tests {
     #[test]
     fn bind_mount_aliases_from_mountinfo() {
         let dev = Device { major: 254, minor: 0 };
-        let aliases = mount_aliases(Path::new("/home/u/.cache/uv"), dev, MOUNTINFO);
+        let location = platform::mountinfo::locate(MOUNTINFO, b"/home/u/.cache/uv", Some(dev)).unwrap();
+        assert_eq!(location.path_in_fs, b"/home/u/.cache/uv");
+        let aliases = mount_aliases(MOUNTINFO, &location);
         assert!(aliases.contains(&Spelling { prefix: b"/home/u/.cache/uv".to_vec(), rel: PathBuf::new() }));
         assert!(aliases.contains(&Spelling { prefix: b"/mnt/cache".to_vec(), rel: PathBuf::new() }));
         assert!(aliases
@@ -697,12 +647,5 @@ mod tests {
         assert_eq!(entry(".tmpXyz/file").as_deref(), Some(".tmpXyz"));
         assert_eq!(entry(".lock"), None);
         assert_eq!(entry(""), None);
-    }
-
-    #[test]
-    fn mountinfo_unescape() {
-        assert_eq!(unescape_mountinfo(b"a\\040b\\011c\\012d\\134e"), b"a b\tc\nd\\e");
-        assert_eq!(unescape_mountinfo(b"trailing\\04"), b"trailing\\04");
-        assert_eq!(unescape_mountinfo(b"\\777"), b"\\777");
     }
 }

@@ -249,6 +249,55 @@ fn bind_mount_of_an_entry_in_another_mount_namespace() {
     assert_kept_by(&cache, &report, "bound", child.id(), "cwd");
 }
 
+/// The original bug in a container: a process in another mount namespace sees the cache only
+/// under a path that exists in its namespace alone (a tmpfs of its own with the cache bound
+/// below it, like a host cache bound at `/root/.cache/uv`) and names the entry only in
+/// `PATH`. Nothing else of it is in the cache, so only that namespace's mountinfo tells
+/// what the path means.
+#[test]
+fn path_spelled_by_another_mount_namespace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = synthetic_cache(tmp.path(), "nsenv");
+    let ns_only = tmp.path().join("ns-only");
+    std::fs::create_dir(&ns_only).unwrap();
+    let system_path = "/usr/sbin:/usr/bin:/sbin:/bin";
+    let probe = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "mount", "-t", "tmpfs", "none"])
+        .arg(&ns_only)
+        .env_clear()
+        .env("PATH", system_path)
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("unshare --mount plus a tmpfs mount is not permitted here; this test needs CAP_SYS_ADMIN");
+        }
+        eprintln!("skipping: this user may not mount in a new mount namespace (unshare --mount failed)");
+        return;
+    }
+    let inner = ns_only.join("inner");
+    let path = format!("{}:/usr/bin:/bin", inner.join("archive-v0/nsenv/bin").display());
+    let script = "mount -t tmpfs none \"$1\" && mkdir \"$1/inner\" && mount --bind \"$2\" \"$1/inner\" \
+                  && exec env -i PATH=\"$3\" sleep 600";
+    let child = spawn_ready(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(&ns_only)
+            .arg(&cache)
+            .arg(&path)
+            .env_clear()
+            .env("PATH", system_path),
+        |pid| common::process::environ_var(pid, "PATH").is_some_and(|p| p == path.as_str()),
+    );
+    assert!(!inner.exists(), "the namespace's mounts are visible here: the test proves nothing");
+
+    let report = prune_json(&cache, &[]);
+    assert_kept_by(&cache, &report, "nsenv", child.id(), "environ");
+    // The user sees the path as the process wrote it.
+    let found = holders(&report, "archive-v0/nsenv");
+    let detail = found.iter().find(|h| h["pid"] == child.id()).unwrap()["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("PATH={}", inner.display())), "{detail}");
+}
+
 #[test]
 fn dry_run_deletes_nothing_and_in_use_lists_holders() {
     let tmp = tempfile::tempdir().unwrap();
@@ -394,10 +443,13 @@ fn keeps_a_uv_run_with_overlay_and_its_base() {
     assert!(overlay.join("pyvenv.cfg").exists(), "the overlay in builds-v0 was removed: {report:#}");
     // The overlay extends a cached environment in archive-v0: kept through the closure.
     let cfg = std::fs::read_to_string(overlay.join("pyvenv.cfg")).unwrap();
-    let base = cfg.lines().find_map(|l| l.strip_prefix("extends-environment = ")).map(PathBuf::from);
-    if let Some(base) = base {
-        assert!(base.exists(), "the base environment {base:?} of the overlay was removed: {report:#}");
-    }
+    let base = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("extends-environment = "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no extends-environment in the overlay's pyvenv.cfg:\n{cfg}"));
+    assert!(base.starts_with(env.cache.join("archive-v0")), "{base:?}");
+    assert!(base.exists(), "the base environment {base:?} of the overlay was removed: {report:#}");
     std::fs::write(&trigger, b"").unwrap();
     let result = PathBuf::from(format!("{}.result", trigger.display()));
     assert!(common::process::wait_until(Duration::from_secs(20), || result.exists()));

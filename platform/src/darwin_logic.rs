@@ -442,7 +442,14 @@ impl ProcessScan {
         detail: impl FnOnce() -> String,
     ) {
         if let Some(by_path) = m.path_hit(path, dev_ino) {
-            self.push(Evidence { source, path: path.to_vec(), detail: detail(), dev_ino, by_path });
+            self.push(Evidence {
+                source,
+                path: path.to_vec(),
+                detail: detail(),
+                dev_ino,
+                by_path,
+                original: None,
+            });
         }
     }
 
@@ -463,6 +470,7 @@ impl ProcessScan {
                 detail: "exec_path".to_string(),
                 dev_ino: None,
                 by_path: true,
+                original: None,
             });
         }
         for (i, arg) in args.argv.iter().enumerate() {
@@ -473,6 +481,7 @@ impl ProcessScan {
                     detail: format!("argv[{i}]"),
                     dev_ino: None,
                     by_path: true,
+                    original: None,
                 });
             }
         }
@@ -488,6 +497,7 @@ impl ProcessScan {
                     detail: String::from_utf8_lossy(name).into_owned(),
                     dev_ino: None,
                     by_path: true,
+                    original: None,
                 });
             }
         }

@@ -15,6 +15,7 @@ mod linux;
 #[cfg(target_os = "macos")]
 mod macos;
 
+pub mod mountinfo;
 pub mod procargs;
 
 // Pure helpers of the macOS backend, compiled (and tested) on every OS.
@@ -95,6 +96,29 @@ pub struct Evidence {
     /// True when `path` starts with one of the requested roots. False when the evidence was
     /// caught only by its device (the path may mean nothing in our mount namespace).
     pub by_path: bool,
+    /// The path as the process spells it, when that spelling is not ours: a process in another
+    /// mount namespace (a container) or below a chroot names the directory of interest by
+    /// another path. `path` is then that path rewritten to our spelling of the same place
+    /// ([`FsLocation::path`], or the root the chroot sees it through), so it maps like any
+    /// other hit; this keeps the original text for the user. `None` on macOS.
+    pub original: Option<Vec<u8>>,
+}
+
+/// Where the directory of interest lies in its filesystem, read from our own
+/// `/proc/self/mountinfo` ([`mountinfo::locate`]). With it the Linux scan finds the directory's
+/// spellings in every other mount namespace from that namespace's own mountinfo: the same
+/// filesystem (device) mounted from a directory that contains it (or lies inside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsLocation {
+    /// The device as mountinfo prints it (`maj:min` of the superblock). On btrfs this is not
+    /// the `st_dev` of the directory (a subvolume has its own anonymous device).
+    pub device: Device,
+    /// The directory's path inside that filesystem, without a trailing slash (empty for the
+    /// filesystem's root directory).
+    pub path_in_fs: Vec<u8>,
+    /// The directory's path in our namespace (canonical): what evidence found through another
+    /// namespace's spelling is rewritten to.
+    pub path: Vec<u8>,
 }
 
 /// A process that showed evidence (or whose command line was asked for).
@@ -149,6 +173,11 @@ pub struct ScanRequest {
     pub argv_of: Vec<Vec<u8>>,
     /// Worker threads; 0 picks a default.
     pub threads: usize,
+    /// Where the directory lies in its filesystem (Linux). When set, every process's mount
+    /// namespace is checked (one `readlink` each) and the environment and command line of a
+    /// process in another namespace are also matched against that namespace's spellings of
+    /// the directory. `None`: only `roots` (and their chroot-relative forms) are searched.
+    pub location: Option<FsLocation>,
 }
 
 impl Default for ScanRequest {
@@ -160,6 +189,7 @@ impl Default for ScanRequest {
             skip_pids: Vec::new(),
             argv_of: Vec::new(),
             threads: 0,
+            location: None,
         }
     }
 }

@@ -3,9 +3,11 @@
 //! This module owns the scan as a whole: listing the process table, running the per-process
 //! inspection ([`process`]) on a local rayon pool with per-thread buffers, merging the outcomes
 //! into a [`ScanReport`], detecting `hidepid`, and reading the kernel lock table. The pure text
-//! parsers live in [`parse`], the byte matching against roots and devices in [`matcher`].
+//! parsers live in [`parse`], the byte matching against roots and devices in [`matcher`], and
+//! the spellings of the roots in other mount namespaces and chroots in [`namespace`].
 
 mod matcher;
+mod namespace;
 mod parse;
 mod process;
 #[cfg(test)]
@@ -15,6 +17,7 @@ mod tests;
 
 use crate::{FileLock, ScanError, ScanReport, ScanRequest};
 use matcher::Matcher;
+use namespace::Views;
 use process::{Ctx, Outcome, Scratch};
 use rayon::prelude::*;
 use rustix::fd::{AsFd, OwnedFd};
@@ -45,11 +48,14 @@ pub(crate) fn scan(request: &ScanRequest) -> Result<ScanReport, ScanError> {
     let hidden =
         if rustix::process::geteuid().is_root() { None } else { hidepid(&proc_fd, &request.proc_root) };
     let matcher = Matcher::new(&request.roots, &request.devices);
-    let own_mnt_ns = if matcher.has_devices() { own_mount_namespace(&proc_fd) } else { None };
+    let views = Views::new(request.location.clone(), &request.roots);
+    let own_mnt_ns =
+        if matcher.has_devices() || views.has_location() { own_mount_namespace(&proc_fd) } else { None };
     let ctx = Ctx {
         matcher: &matcher,
         proc_fd: proc_fd.as_fd(),
         own_mnt_ns,
+        views: &views,
         argv_of: &request.argv_of,
         hidepid: hidden.is_some(),
     };

@@ -228,30 +228,6 @@ fn parse_lock_line(line: &[u8]) -> Option<FileLock> {
     Some(FileLock { pid, kind: kind.to_string(), exclusive, device, inode })
 }
 
-/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
-/// backslash).
-pub(crate) fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(&b) = s.get(i) {
-        if b == b'\\' {
-            if let Some(d) = s.get(i + 1..i + 4) {
-                if d.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                    let v = u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
-                    if let Ok(v) = u8::try_from(v) {
-                        out.push(v);
-                        i += 4;
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    out
-}
-
 /// Looks at the procfs mounted at `mountpoint` (the last mountinfo line for it wins, as later
 /// mounts cover earlier ones) and describes how `hidepid` hides processes, if it does.
 /// `subset=pid` alone hides no process, so it is not reported.
@@ -262,7 +238,7 @@ pub(crate) fn hidepid_from_mountinfo(text: &[u8], mountpoint: &[u8]) -> Option<S
         let (Some(mp), Some(opts)) = (fields.get(4), fields.get(5)) else {
             continue;
         };
-        if unescape_octal(mp) != mountpoint {
+        if crate::mountinfo::unescape(mp) != mountpoint {
             continue;
         }
         let Some(sep) = fields.iter().position(|f| *f == b"-") else {
@@ -516,13 +492,6 @@ mod tests {
         assert_eq!(hidepid_from_mountinfo(b"garbage\n\n- - -", b"/proc"), None);
     }
 
-    #[test]
-    fn octal_unescape() {
-        assert_eq!(unescape_octal(b"/a\\040b\\011c\\012d\\134e"), b"/a b\tc\nd\\e");
-        assert_eq!(unescape_octal(b"\\9\\01\\"), b"\\9\\01\\");
-        assert_eq!(unescape_octal(b"\\777"), b"\\777");
-    }
-
     /// Every parser on random bytes and on every prefix of real-looking text: no panic.
     #[test]
     fn parsers_never_panic() {
@@ -563,7 +532,6 @@ mod tests {
             let _ = parse_locks(input);
             let _ = hidepid_from_mountinfo(input, b"/proc");
             let _ = split_nul(input).count();
-            let _ = unescape_octal(input);
             let _ = parse_dev_hex(input);
         }
     }

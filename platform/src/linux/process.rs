@@ -8,6 +8,7 @@
 //! process that could not be read completely is reported as uninspectable, never as idle.
 
 use super::matcher::Matcher;
+use super::namespace::{Aliases, Views};
 use super::parse::{
     argv0_base, parse_maps_line, parse_stat, parse_status_uid, split_nul, strip_deleted, unescape_maps_path,
     StatInfo,
@@ -23,8 +24,11 @@ pub(crate) struct Ctx<'a> {
     pub matcher: &'a Matcher,
     /// The procfs root directory, opened once.
     pub proc_fd: BorrowedFd<'a>,
-    /// `readlink /proc/self/ns/mnt`, when known; only read when devices are requested.
+    /// `readlink /proc/self/ns/mnt`, when known; only read when devices or a location are
+    /// requested.
     pub own_mnt_ns: Option<Vec<u8>>,
+    /// How processes in other mount namespaces or below a chroot spell the roots.
+    pub views: &'a Views,
     pub argv_of: &'a [Vec<u8>],
     /// `/proc` is mounted with `hidepid` and we are not root.
     pub hidepid: bool,
@@ -44,8 +48,10 @@ pub(crate) enum Outcome {
 
 /// Buffers reused across processes by one worker thread.
 pub(crate) struct Scratch {
-    /// Whole-file reads (`stat`, `status`, `environ`, `maps`).
+    /// Whole-file reads (`stat`, `status`, `maps`, `mountinfo`).
     file: Vec<u8>,
+    /// `environ`, kept until the process's view of paths is known.
+    environ: Vec<u8>,
     /// `cmdline`, kept until the end because argv is only built when needed.
     cmdline: Vec<u8>,
     /// One symlink target (`readlinkat`); a page is the kernel's limit for these links.
@@ -65,6 +71,7 @@ impl Scratch {
         Self {
             file: Vec::with_capacity(64 * 1024),
             cmdline: Vec::with_capacity(4096),
+            environ: Vec::with_capacity(16 * 1024),
             link: vec![0; 4096 + 1],
             cwd: Vec::with_capacity(256),
             dirbuf: Vec::with_capacity(32 * 1024),
@@ -237,6 +244,20 @@ impl Findings {
         }
     }
 
+    /// Records one failure that leaves several sources unread.
+    fn fail_all(&mut self, sources: &[Source], what: &str, e: Errno) {
+        match classify(e) {
+            Failure::Denied => sources.iter().for_each(|s| self.deny(*s)),
+            _ => self.fail(sources.first().copied().unwrap_or(Source::Environ), what, e),
+        }
+    }
+
+    fn add_some(&mut self, ev: Option<Evidence>) {
+        if let Some(ev) = ev {
+            self.add(ev);
+        }
+    }
+
     fn add(&mut self, ev: Evidence) {
         // Maps repeat a file once per segment and text may name a path twice; fds and thread
         // cwds are unique by their detail already.
@@ -256,7 +277,49 @@ impl Findings {
 }
 
 fn by_path(source: Source, path: &[u8], detail: String) -> Evidence {
-    Evidence { source, path: path.to_vec(), detail, dev_ino: None, by_path: true }
+    Evidence { source, path: path.to_vec(), detail, dev_ino: None, by_path: true, original: None }
+}
+
+/// Evidence the process wrote under one of its own spellings (`theirs`), rewritten to ours.
+fn aliased(
+    aliases: &Aliases,
+    source: Source,
+    theirs: &[u8],
+    detail: String,
+    dev_ino: Option<(Device, u64)>,
+) -> Option<Evidence> {
+    let path = aliases.rewrite(theirs)?;
+    Some(Evidence { source, path, detail, dev_ino, by_path: true, original: Some(theirs.to_vec()) })
+}
+
+/// The variable name of one `environ` entry (empty when it has no `=`).
+fn env_name(entry: &[u8]) -> String {
+    let name = memchr::memchr(b'=', entry).and_then(|eq| entry.get(..eq)).unwrap_or(&[]);
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// The command line (`s.cmdline`) and, when it was read, the environment (`s.environ`) matched
+/// against the process's own spellings of the roots.
+fn match_aliased_text(aliases: &Aliases, environ_read: bool, s: &mut Scratch, f: &mut Findings) {
+    let Scratch { cmdline, environ, pieces, .. } = s;
+    if aliases.matcher.text_may_match(cmdline) {
+        for (i, arg) in split_nul(cmdline).enumerate() {
+            pieces.clear();
+            aliases.matcher.token_paths(arg, pieces);
+            for p in pieces.iter() {
+                f.add_some(aliased(aliases, Source::Cmdline, p, format!("argv[{i}]"), None));
+            }
+        }
+    }
+    if environ_read && aliases.matcher.text_may_match(environ) {
+        for entry in split_nul(environ) {
+            pieces.clear();
+            aliases.matcher.token_paths(entry, pieces);
+            for p in pieces.iter() {
+                f.add_some(aliased(aliases, Source::Environ, p, env_name(entry), None));
+            }
+        }
+    }
 }
 
 /// Inspects one pid. Never panics; every failure becomes part of the outcome.
@@ -366,21 +429,16 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
     }
 
     // environ: every value; PATH-style lists give one evidence per element under a root.
-    match read_at(base, c"environ", &mut s.file) {
+    let mut environ_read = false;
+    match read_at(base, c"environ", &mut s.environ) {
         Ok(()) => {
-            if ctx.matcher.text_may_match(&s.file) {
-                for entry in split_nul(&s.file) {
+            environ_read = true;
+            if ctx.matcher.text_may_match(&s.environ) {
+                for entry in split_nul(&s.environ) {
                     s.pieces.clear();
                     ctx.matcher.token_paths(entry, &mut s.pieces);
-                    if s.pieces.is_empty() {
-                        continue;
-                    }
-                    let name = match memchr::memchr(b'=', entry) {
-                        Some(eq) => String::from_utf8_lossy(entry.get(..eq).unwrap_or(&[])),
-                        None => String::from_utf8_lossy(&[]),
-                    };
                     for p in &s.pieces {
-                        f.add(by_path(Source::Environ, p, name.to_string()));
+                        f.add(by_path(Source::Environ, p, env_name(entry)));
                     }
                 }
             }
@@ -392,6 +450,8 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
     let mut untrusted = false;
     s.cwd.clear();
     let mut cwd_known = false;
+    // The root directory of a chrooted process (our spelling of it).
+    let mut root_dir: Option<Vec<u8>> = None;
     for (source, name, what) in
         [(Source::Exe, c"exe", "exe"), (Source::Cwd, c"cwd", "cwd"), (Source::Root, c"root", "root")]
     {
@@ -405,6 +465,7 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
                 if source == Source::Root && target != b"/" {
                     // A chroot: paths are relative to another root.
                     untrusted = true;
+                    root_dir = Some(target.to_vec());
                 }
                 if ctx.matcher.path_matches(target) {
                     f.add(by_path(source, target, String::new()));
@@ -419,14 +480,51 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
         }
     }
 
-    // Another mount namespace: paths may mean nothing here, so compare devices instead.
-    if ctx.matcher.has_devices() && !untrusted {
-        untrusted = match (&ctx.own_mnt_ns, readlink_at(pid_dir, c"ns/mnt", &mut s.link)) {
-            (Some(own), Ok(n)) => s.link.get(..n) != Some(own.as_slice()),
-            // Unknown namespace: do the extra stats rather than miss a bind mount.
-            _ => true,
-        };
+    // Another mount namespace: paths may mean nothing here, so compare devices instead, and
+    // read its environment and command line with that namespace's spellings of the roots.
+    // One readlink per process; through `base`, as a zombie leader has no namespaces.
+    let mut foreign_ns: Option<Vec<u8>> = None;
+    if ctx.matcher.has_devices() || ctx.views.has_location() {
+        match readlink_at(base, c"ns/mnt", &mut s.link) {
+            Ok(n) => {
+                let ns = s.link.get(..n).unwrap_or(&[]);
+                // Our own namespace unknown: every namespace counts as another (its mountinfo
+                // is read once; ours yields only the spellings we have).
+                if ctx.own_mnt_ns.as_deref() != Some(ns) {
+                    foreign_ns = Some(ns.to_vec());
+                    untrusted = true;
+                }
+            }
+            Err(e) => {
+                // Unknown namespace: do the extra stats rather than miss a bind mount.
+                untrusted = true;
+                if ctx.views.has_location() {
+                    // Its environment and command line may spell the roots in a way we
+                    // cannot know: those sources are unread, not empty.
+                    f.fail_all(&[Source::Environ, Source::Cmdline], "ns/mnt", e);
+                }
+            }
+        }
     }
+    let aliases = match ctx.views.aliases(
+        foreign_ns.as_deref(),
+        root_dir.as_deref(),
+        |buf| read_at(base, c"mountinfo", buf),
+        &mut s.file,
+    ) {
+        Ok(found) => found.filter(|a| !a.is_empty()),
+        Err(e) => {
+            f.fail_all(&[Source::Environ, Source::Cmdline], "mountinfo", e);
+            None
+        }
+    };
+    if let Some(aliases) = &aliases {
+        match_aliased_text(aliases, environ_read, s, &mut f);
+    }
+    // Links, fd targets and maps paths are printed relative to our root, or, for a mount of
+    // another namespace, to that namespace's root: the namespace's spellings apply to them
+    // only when the process's root is that root (not chrooted).
+    let path_aliases = aliases.as_deref().filter(|_| foreign_ns.is_some() && root_dir.is_none());
     if untrusted && ctx.matcher.has_devices() {
         for (source, name) in [(Source::Exe, c"exe"), (Source::Cwd, c"cwd"), (Source::Root, c"root")] {
             if f.evidence.iter().any(|e| e.source == source) {
@@ -442,6 +540,7 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
                         detail: String::new(),
                         dev_ino: Some((dev, ino)),
                         by_path: false,
+                        original: None,
                     });
                 }
             }
@@ -449,7 +548,7 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
     }
 
     scan_fds(ctx, base, untrusted, s, &mut f);
-    scan_maps(ctx, base, untrusted, s, &mut f);
+    scan_maps(ctx, base, untrusted, path_aliases, s, &mut f);
 
     // Threads that unshared their filesystem state can have their own cwd.
     let threads = stat.as_ref().map_or(2, |st| st.num_threads);
@@ -561,6 +660,7 @@ fn scan_fds(ctx: &Ctx<'_>, base: BorrowedFd<'_>, untrusted: bool, s: &mut Scratc
                         detail: format!("fd {fd_num}"),
                         dev_ino: Some((dev, ino)),
                         by_path: false,
+                        original: None,
                     });
                 }
             }
@@ -570,12 +670,26 @@ fn scan_fds(ctx: &Ctx<'_>, base: BorrowedFd<'_>, untrusted: bool, s: &mut Scratc
 
 /// Mapped files, parsed as bytes. A line that cannot be split is searched as free text
 /// instead of being dropped.
-fn scan_maps(ctx: &Ctx<'_>, base: BorrowedFd<'_>, untrusted: bool, s: &mut Scratch, f: &mut Findings) {
+///
+/// `aliases`: the process's own spellings of the roots, which its maps paths use (another
+/// mount namespace). On btrfs the maps device (the superblock's) is not the `st_dev` of the
+/// cache, so for such a process the path is what catches a mapped cache file.
+fn scan_maps(
+    ctx: &Ctx<'_>,
+    base: BorrowedFd<'_>,
+    untrusted: bool,
+    aliases: Option<&Aliases>,
+    s: &mut Scratch,
+    f: &mut Findings,
+) {
     if let Err(e) = read_at(base, c"maps", &mut s.file) {
         return f.fail(Source::Map, "maps", e);
     }
     let by_dev = untrusted && ctx.matcher.has_devices();
-    if !by_dev && !ctx.matcher.maps_may_match(&s.file) {
+    if !by_dev
+        && !ctx.matcher.maps_may_match(&s.file)
+        && !aliases.is_some_and(|a| a.matcher.maps_may_match(&s.file))
+    {
         return;
     }
     let Scratch { file, unescaped, pieces, .. } = s;
@@ -592,6 +706,13 @@ fn scan_maps(ctx: &Ctx<'_>, base: BorrowedFd<'_>, untrusted: bool, s: &mut Scrat
             for p in pieces.iter() {
                 f.add(by_path(Source::Map, p, String::from("unparsed line")));
             }
+            if let Some(a) = aliases {
+                pieces.clear();
+                a.matcher.token_paths(line, pieces);
+                for p in pieces.iter() {
+                    f.add_some(aliased(a, Source::Map, p, String::from("unparsed line"), None));
+                }
+            }
             continue;
         };
         if m.path.is_empty() {
@@ -605,7 +726,17 @@ fn scan_maps(ctx: &Ctx<'_>, base: BorrowedFd<'_>, untrusted: bool, s: &mut Scrat
         };
         let detail = String::from_utf8_lossy(m.range).into_owned();
         if ctx.matcher.path_matches(path) {
-            f.add(Evidence { source: Source::Map, path: path.to_vec(), detail, dev_ino, by_path: true });
+            f.add(Evidence {
+                source: Source::Map,
+                path: path.to_vec(),
+                detail,
+                dev_ino,
+                by_path: true,
+                original: None,
+            });
+        } else if let Some(ev) = aliases.and_then(|a| aliased(a, Source::Map, path, detail.clone(), dev_ino))
+        {
+            f.add(ev);
         } else if by_dev {
             if let Some((dev, ino)) = dev_ino {
                 if ctx.matcher.device_matches(dev) {
@@ -615,6 +746,7 @@ fn scan_maps(ctx: &Ctx<'_>, base: BorrowedFd<'_>, untrusted: bool, s: &mut Scrat
                         detail,
                         dev_ino: Some((dev, ino)),
                         by_path: false,
+                        original: None,
                     });
                 }
             }
@@ -681,6 +813,7 @@ fn scan_thread_cwds(
                         detail: format!("tid {tid}"),
                         dev_ino: Some((dev, ino)),
                         by_path: false,
+                        original: None,
                     });
                 }
             }

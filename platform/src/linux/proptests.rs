@@ -24,7 +24,8 @@ proptest! {
         let _ = parse_status_uid(&bytes);
         let _ = parse_maps_line(&bytes);
         let _ = parse_locks(&bytes);
-        let _ = unescape_octal(&bytes);
+        let _ = crate::mountinfo::unescape(&bytes);
+        let _ = crate::mountinfo::spellings(&bytes, &crate::FsLocation { device: crate::Device { major: 0, minor: 1 }, path_in_fs: b"/c".to_vec(), path: b"/c".to_vec() });
         let _ = hidepid_from_mountinfo(&bytes, b"/proc");
         let mut out = Vec::new();
         unescape_maps_path(&bytes, &mut out);

@@ -447,6 +447,29 @@ fn argv_of_and_skip_pids() {
     assert!(find(&scan_ok(&req), skipped).is_some());
 }
 
+/// Spawns `cmd` (a shell in a new mount namespace that reads its paths from stdin and says
+/// `ready` once its mounts are in place), feeding it `lines`; `None` when it could not mount.
+fn spawn_mounting(kids: &mut Children, mut cmd: Command, lines: &[&[u8]]) -> Option<u32> {
+    let mut input = Vec::new();
+    for line in lines {
+        input.extend_from_slice(line);
+        input.push(b'\n');
+    }
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().ok()?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let pid = kids.add(child);
+    if let Some(mut s) = stdin {
+        s.write_all(&input).ok()?;
+    }
+    let mut line = String::new();
+    if let Some(out) = stdout {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    (line.trim() == "ready").then_some(pid)
+}
+
 /// A process in another mount namespace sees the root through a bind mount elsewhere: its
 /// cwd path means nothing here and only the device catches it. Needs root and `unshare`.
 #[test]
@@ -467,26 +490,10 @@ fn other_mount_namespace_by_device() {
         "-c",
         "read p; read q; mount --bind \"$p\" \"$q\" && cd \"$q\" && echo ready && exec sleep 30",
     ]);
-    let mut input = root.clone();
-    input.push(b'\n');
-    input.extend_from_slice(elsewhere.path().as_os_str().as_bytes());
-    input.push(b'\n');
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let pid = kids.add(child);
-    if let Some(mut s) = stdin {
-        s.write_all(&input).unwrap();
-    }
-    let mut line = String::new();
-    if let Some(out) = stdout {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    if line.trim() != "ready" {
+    let Some(pid) = spawn_mounting(&mut kids, cmd, &[&root, elsewhere.path().as_os_str().as_bytes()]) else {
         eprintln!("skipped: cannot bind-mount in a new mount namespace here");
         return;
-    }
+    };
 
     let meta = std::fs::metadata(std::ffi::OsStr::from_bytes(&root)).unwrap();
     let device = Device { major: rustix::fs::major(meta.dev()), minor: rustix::fs::minor(meta.dev()) };
@@ -504,6 +511,191 @@ fn other_mount_namespace_by_device() {
     assert!(!cwd[0].by_path);
     assert_eq!(cwd[0].dev_ino, Some((device, meta.ino())));
     assert_eq!(cwd[0].path, elsewhere.path().as_os_str().as_bytes());
+}
+
+/// Where `root` lies in its filesystem, from our own mountinfo (as the main crate finds it).
+fn location_of(root: &[u8]) -> crate::FsLocation {
+    let text = std::fs::read("/proc/self/mountinfo").expect("our mountinfo");
+    let meta = std::fs::metadata(std::ffi::OsStr::from_bytes(root)).unwrap();
+    let dev = Device { major: rustix::fs::major(meta.dev()), minor: rustix::fs::minor(meta.dev()) };
+    crate::mountinfo::locate(&text, root, Some(dev)).expect("the root's mount")
+}
+
+/// The original bug in a container: a process in another mount namespace sees the root only
+/// below a tmpfs that exists in its namespace alone, and names it only in `PATH`. Its
+/// mountinfo gives that spelling; the hit comes back rewritten to ours, its text kept.
+/// Needs root and `unshare`.
+#[test]
+fn other_mount_namespace_environ() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (_dir, root) = temp_root();
+    std::fs::create_dir_all(path_of(&root, "/archive-v0/held/bin")).unwrap();
+    let ns_only = tempfile::tempdir().unwrap();
+    let ns_only = std::fs::canonicalize(ns_only.path()).unwrap();
+    let mut kids = Children::new();
+    let mut cmd = clean("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "read p; read d; mount -t tmpfs none \"$d\" && mkdir \"$d/inner\" && mount --bind \"$p\" \"$d/inner\" \
+         && echo ready && exec env -i PATH=\"$d/inner/archive-v0/held/bin:/usr/bin:/bin\" sleep 30",
+    ]);
+    let Some(pid) = spawn_mounting(&mut kids, cmd, &[&root, ns_only.as_os_str().as_bytes()]) else {
+        eprintln!("skipped: cannot mount in a new mount namespace here");
+        return;
+    };
+    let mut theirs = ns_only.as_os_str().as_bytes().to_vec();
+    theirs.extend_from_slice(b"/inner/archive-v0/held/bin");
+    // Wait for the exec: the new environment is the one to read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|e| memchr::memmem::find(&e, &theirs).is_some())
+    {
+        assert!(Instant::now() < deadline, "child {pid} did not exec");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Our spellings alone miss it: that path does not exist in our namespace.
+    let report = scan_ok(&request(&root));
+    assert!(
+        find(&report, pid).is_none_or(|r| ev(r, Source::Environ).is_empty()),
+        "{:#?}",
+        find(&report, pid)
+    );
+
+    let mut req = request(&root);
+    req.location = Some(location_of(&root));
+    let report = scan_ok(&req);
+    let rec = expect_record(&report, pid);
+    let env = ev(rec, Source::Environ);
+    assert_eq!(env.len(), 1, "{rec:#?}");
+    assert_eq!(env[0].detail, "PATH");
+    assert_eq!(env[0].path, path_of(&root, "/archive-v0/held/bin").as_os_str().as_bytes());
+    assert_eq!(env[0].original.as_deref(), Some(theirs.as_slice()));
+    assert!(env[0].by_path);
+    assert!(!report.uninspectable.iter().any(|u| u.pid == pid), "{report:#?}");
+}
+
+/// Fabricated processes that spell the root their own way: one in another mount namespace
+/// (environment, command line and maps, through its mountinfo, an escaped mount point and an
+/// entry bound on its own), one chrooted in ours, and two whose view cannot be read, which are
+/// uninspectable rather than idle.
+#[test]
+fn fake_other_namespace_and_chroot() {
+    let proc_dir = tempfile::tempdir().unwrap();
+    let p = proc_dir.path();
+    let mk = |rel: &str, data: &[u8]| {
+        let f = p.join(rel);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, data).unwrap();
+    };
+    let link = |target: &[u8], at: &str| {
+        std::fs::create_dir_all(p.join(at).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), p.join(at)).unwrap();
+    };
+    let process = |pid: u32, ns: Option<&[u8]>, root: &[u8], cmdline: &[u8], environ: &[u8], maps: &[u8]| {
+        mk(
+            &format!("{pid}/stat"),
+            format!("{pid} (fake) S 1 1 1 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0\n").as_bytes(),
+        );
+        mk(&format!("{pid}/status"), b"Name:\tfake\nUid:\t1000\t1000\t1000\t1000\n");
+        mk(&format!("{pid}/cmdline"), cmdline);
+        mk(&format!("{pid}/environ"), environ);
+        mk(&format!("{pid}/maps"), maps);
+        std::fs::create_dir_all(p.join(format!("{pid}/fd"))).unwrap();
+        link(b"/usr/bin/python3", &format!("{pid}/exe"));
+        link(b"/", &format!("{pid}/cwd"));
+        link(root, &format!("{pid}/root"));
+        if let Some(ns) = ns {
+            link(ns, &format!("{pid}/ns/mnt"));
+        }
+    };
+    link(b"mnt:[1]", "self/ns/mnt");
+    process(
+        400,
+        Some(b"mnt:[2]"),
+        b"/",
+        b"python3\0/root/.cache/uv/archive-v0/a/bin/tool\0",
+        b"PATH=/root/.cache/uv/archive-v0/b/bin:/usr/bin\0VIRTUAL_ENV=/opt/tool env\0HOME=/root\0",
+        b"7f00-7f01 r--p 00000000 00:2f 77 /root/.cache/uv/archive-v0/c/x.so\n",
+    );
+    mk(
+        "400/mountinfo",
+        b"600 500 0:90 / / rw - overlay overlay rw\n\
+601 600 254:0 /home/u/.cache/uv /root/.cache/uv rw - ext4 /dev/vda rw\n\
+602 600 254:0 /home/u/.cache/uv/archive-v0/def /opt/tool\\040env rw - ext4 /dev/vda rw\n\
+603 600 254:0 /var/lib /var/lib rw - ext4 /dev/vda rw\n",
+    );
+    process(500, Some(b"mnt:[1]"), b"/srv/jail", b"sh\0", b"PATH=/cache/uv/archive-v0/d/bin\0", b"");
+    process(600, Some(b"mnt:[3]"), b"/", b"sh\0", b"PATH=/x\0", b""); // no mountinfo
+    process(700, None, b"/", b"sh\0", b"PATH=/x\0", b""); // no ns/mnt
+
+    let mut req = request(b"/home/u/.cache/uv");
+    req.roots.push(b"/srv/jail/cache/uv".to_vec());
+    req.proc_root = p.to_path_buf();
+    req.location = Some(crate::FsLocation {
+        device: Device { major: 254, minor: 0 },
+        path_in_fs: b"/home/u/.cache/uv".to_vec(),
+        path: b"/home/u/.cache/uv".to_vec(),
+    });
+    let report = scan_ok(&req);
+
+    type Hit = (Source, String, Vec<u8>, Option<Vec<u8>>);
+    let hits = |pid: u32| -> BTreeSet<Hit> {
+        expect_record(&report, pid)
+            .evidence
+            .iter()
+            .map(|e| (e.source, e.detail.clone(), e.path.clone(), e.original.clone()))
+            .collect()
+    };
+    let hit = |source, detail: &str, ours: &[u8], theirs: &[u8]| -> Hit {
+        (source, detail.to_string(), ours.to_vec(), Some(theirs.to_vec()))
+    };
+    assert_eq!(
+        hits(400),
+        BTreeSet::from([
+            hit(
+                Source::Cmdline,
+                "argv[1]",
+                b"/home/u/.cache/uv/archive-v0/a/bin/tool",
+                b"/root/.cache/uv/archive-v0/a/bin/tool"
+            ),
+            hit(
+                Source::Environ,
+                "PATH",
+                b"/home/u/.cache/uv/archive-v0/b/bin",
+                b"/root/.cache/uv/archive-v0/b/bin"
+            ),
+            hit(Source::Environ, "VIRTUAL_ENV", b"/home/u/.cache/uv/archive-v0/def", b"/opt/tool env"),
+            hit(
+                Source::Map,
+                "7f00-7f01",
+                b"/home/u/.cache/uv/archive-v0/c/x.so",
+                b"/root/.cache/uv/archive-v0/c/x.so"
+            ),
+        ]),
+        "{report:#?}"
+    );
+    assert_eq!(
+        hits(500),
+        BTreeSet::from([hit(
+            Source::Environ,
+            "PATH",
+            b"/srv/jail/cache/uv/archive-v0/d/bin",
+            b"/cache/uv/archive-v0/d/bin"
+        )]),
+        "{report:#?}"
+    );
+    let un: Vec<(u32, &str)> = report.uninspectable.iter().map(|u| (u.pid, u.reason.as_str())).collect();
+    assert_eq!(un.len(), 2, "{report:#?}");
+    assert!(un[0].0 == 600 && un[0].1.contains("mountinfo"), "{un:?}");
+    assert!(un[1].0 == 700 && un[1].1.contains("ns/mnt"), "{un:?}");
 }
 
 /// A fabricated procfs: garbage, missing and odd entries become uninspectable or gone, never a
