@@ -131,13 +131,14 @@ impl<'a> CacheView<'a> {
         // `a//b` is `a/b` (POSIX): a doubled separator after the prefix is no root.
         let start = rest.iter().position(|&b| b != b'/').unwrap_or(rest.len());
         let rest = Path::new(OsStr::from_bytes(&rest[start..]));
-        // `..` in a process's path (argv, environ) must not climb out of an entry.
+        // `..` in a process's path (argv, environ) must not climb out of an entry, nor make the
+        // path count for nothing: the part before it is what the process names for sure.
         let mut rel = s.rel.clone();
         for c in rest.components() {
             match c {
                 Component::Normal(n) => rel.push(n),
                 Component::CurDir => {}
-                _ => return None,
+                _ => break,
             }
         }
         Some(rel)
@@ -158,8 +159,12 @@ impl<'a> CacheView<'a> {
         for part in path[s.prefix.len()..].split(|&b| b == b'/') {
             match part {
                 b"" | b"." => {}
-                // `..` in a process's path (argv, environ) must not climb out of an entry.
-                b".." => return None,
+                // `..` in a process's path (argv, environ) must not climb out of an entry. It
+                // must not hide one either (`<entry>/bin/../lib/x.so` uses the entry): the
+                // path counts as the part before the first `..`. Where that part ends above
+                // an entry it names its bucket, which then protects everything below it, as
+                // a working directory there would.
+                b".." => break,
                 _ => comps.push(OsStr::from_bytes(part)),
             }
         }
@@ -290,7 +295,8 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
         .filter(|e| !e.by_path)
         .filter_map(|e| e.dev_ino)
         .collect();
-    let inodes = if wanted_inodes.is_empty() { HashMap::new() } else { inode_index(view, &wanted_inodes) };
+    let inodes =
+        if wanted_inodes.is_empty() { InodeIndex::default() } else { inode_index(view, &wanted_inodes) };
     for process in &report.processes {
         let is_uv = process
             .argv
@@ -307,26 +313,38 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
         // A process holds few entries: a list beats a set, and needs no clone per evidence.
         let mut seen: Vec<(PathBuf, Source)> = Vec::new();
         for ev in &process.evidence {
-            let entry = if ev.by_path {
-                view.entry_of_path(&ev.path)
-            } else {
-                ev.dev_ino.and_then(|k| inodes.get(&k).cloned())
+            // An inode on the cache's device that the walk did not find may be inside a
+            // directory it could not read: every such directory's entry counts as used.
+            let (entry, unreadable): (Option<PathBuf>, &[PathBuf]) = match (ev.by_path, ev.dev_ino) {
+                (true, _) => (view.entry_of_path(&ev.path), &[]),
+                (false, Some(key)) => match inodes.found.get(&key) {
+                    Some(entry) => (Some(entry.clone()), &[]),
+                    None => (None, &inodes.unreadable),
+                },
+                (false, None) => (None, &[]),
             };
-            let Some(entry) = entry else { continue };
-            // One line per process, entry and kind of evidence is enough to explain.
-            if seen.iter().any(|(e, s)| *e == entry && *s == ev.source) {
-                continue;
+            let found = entry.into_iter().map(|e| (e, None));
+            for (entry, why) in found.chain(unreadable.iter().map(|e| (e.clone(), Some(e)))) {
+                // One line per process, entry and kind of evidence is enough to explain.
+                if seen.iter().any(|(e, s)| *e == entry && *s == ev.source) {
+                    continue;
+                }
+                seen.push((entry.clone(), ev.source));
+                let mut detail = detail(ev);
+                if let Some(dir) = why {
+                    detail
+                        .push_str(&format!(" (not found in the cache; {} could not be read)", dir.display()));
+                }
+                usage.direct.entry(entry).or_default().push(Holder {
+                    pid: process.pid,
+                    command: process.command.clone(),
+                    user: user(process.uid),
+                    evidence: ev.source.as_str(),
+                    detail,
+                    host: None,
+                    is_self: process.pid == std::process::id(),
+                });
             }
-            seen.push((entry.clone(), ev.source));
-            usage.direct.entry(entry).or_default().push(Holder {
-                pid: process.pid,
-                command: process.command.clone(),
-                user: user(process.uid),
-                evidence: ev.source.as_str(),
-                detail: detail(ev),
-                host: None,
-                is_self: process.pid == std::process::id(),
-            });
         }
     }
     usage.closure =
@@ -334,15 +352,53 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
     usage
 }
 
+/// The entries of the inodes evidence named only by device and inode.
+#[derive(Default)]
+struct InodeIndex {
+    found: HashMap<(Device, u64), PathBuf>,
+    /// Entries with a directory the walk could not (completely) read: a wanted inode that was
+    /// not found may be in there.
+    unreadable: Vec<PathBuf>,
+}
+
 /// Walk the cache once (never following links) to find the entries of wanted inodes.
-fn inode_index(view: &CacheView<'_>, wanted: &HashSet<(Device, u64)>) -> HashMap<(Device, u64), PathBuf> {
+fn inode_index(view: &CacheView<'_>, wanted: &HashSet<(Device, u64)>) -> InodeIndex {
     let mut found = HashMap::new();
+    let mut unreadable = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(view.root.join(&rel)) else { continue };
-        for entry in entries.flatten() {
+        let mut note_unreadable = |rel: &Path| {
+            // The cache root itself unreadable names no entry; nothing can be pruned then.
+            if let Some(entry) = view.entry_of(rel) {
+                if !unreadable.contains(&entry) {
+                    unreadable.push(entry);
+                }
+            }
+        };
+        let entries = match std::fs::read_dir(view.root.join(&rel)) {
+            Ok(entries) => entries,
+            // Removed since it was listed: nothing of it is left to protect.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                note_unreadable(&rel);
+                continue;
+            }
+        };
+        for entry in entries {
+            let Ok(entry) = entry else {
+                note_unreadable(&rel);
+                continue;
+            };
             let child = rel.join(entry.file_name());
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Removed since the listing: a file gone from the cache cannot be found anyway.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    note_unreadable(&child);
+                    continue;
+                }
+            };
             let key = (device_of(meta.dev()), meta.ino());
             if wanted.contains(&key) {
                 if let Some(e) = view.entry_of(&child) {
@@ -357,7 +413,7 @@ fn inode_index(view: &CacheView<'_>, wanted: &HashSet<(Device, u64)>) -> HashMap
             break;
         }
     }
-    found
+    InodeIndex { found, unreadable }
 }
 
 /// Links below these directories can reference archives.
@@ -377,7 +433,7 @@ pub fn closure(view: &CacheView<'_>, start: Vec<PathBuf>) -> BTreeMap<PathBuf, P
     while !level.is_empty() {
         level.retain(|(entry, _)| done.insert(entry.clone()));
         let links = links.get_or_insert_with(|| LinkIndex::new(view));
-        let found: Vec<(Option<PathBuf>, Vec<PathBuf>)> = level
+        let found: Vec<(Option<PathBuf>, Needs)> = level
             .par_iter()
             .map(|(entry, _)| {
                 // Links elsewhere in the cache reach this entry through its canonical path.
@@ -401,7 +457,14 @@ pub fn closure(view: &CacheView<'_>, start: Vec<PathBuf>) -> BTreeMap<PathBuf, P
                 lock.push(".lock");
                 add(PathBuf::from(lock));
             }
-            for n in needed {
+            if needed.incomplete {
+                // Part of the entry could not be read: a symlink or overlay line in there may
+                // point into any unpacked archive, so all of them stay for this run.
+                for bucket in archive_buckets(view) {
+                    add(bucket);
+                }
+            }
+            for n in needed.entries {
                 add(n);
             }
         }
@@ -475,28 +538,61 @@ fn cache_links(view: &CacheView<'_>) -> Vec<(PathBuf, PathBuf)> {
     out
 }
 
+/// What one entry needs.
+struct Needs {
+    entries: Vec<PathBuf>,
+    /// Some of the entry could not be read (a directory, a link, `pyvenv.cfg`, an overlay
+    /// `.pth`), or the walk hit its bound: what it points into is not completely known.
+    incomplete: bool,
+}
+
+/// True for an error that means "not there" (nothing to read, so nothing hidden).
+fn absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory)
+}
+
+/// Every unpacked-archive bucket (`archive-v0` and older generations) at the top of the cache.
+fn archive_buckets(view: &CacheView<'_>) -> Vec<PathBuf> {
+    let Ok(top) = std::fs::read_dir(view.root) else { return Vec::new() };
+    top.flatten()
+        .map(|e| e.file_name())
+        .filter(|name| {
+            matches!(
+                layout::classify(name),
+                TopLevel::Current(Family::Archive) | TopLevel::Older(Family::Archive, _)
+            )
+        })
+        .map(PathBuf::from)
+        .collect()
+}
+
 /// Entries that the entry `rel` points into: `pyvenv.cfg` values, overlay `.pth` lines, the
 /// target of the entry itself when it is a link, and symlinks inside it.
 ///
 /// Symlinks into other entries exist only in venvs built with `--link-mode symlink`, so an
 /// unpacked wheel in `archive-v0` (no `pyvenv.cfg`; a wheel cannot carry links) is not walked:
 /// that walk, a directory read per directory of every entry in use, is most of this cost.
-fn needs(view: &CacheView<'_>, rel: &Path) -> Vec<PathBuf> {
+fn needs(view: &CacheView<'_>, rel: &Path) -> Needs {
     let abs = view.root.join(rel);
     let mut paths: Vec<Vec<u8>> = Vec::new();
-    let Ok(meta) = abs.symlink_metadata() else { return Vec::new() };
+    let mut complete = true;
+    // Gone (or never there, like a `.lock` sibling): it needs nothing.
+    let Ok(meta) = abs.symlink_metadata() else { return Needs { entries: Vec::new(), incomplete: false } };
     if meta.file_type().is_symlink() {
         if let Ok(target) = std::fs::canonicalize(&abs) {
             paths.push(target.into_os_string().into_vec());
         }
     } else if meta.is_dir() {
         let cfg = std::fs::read(abs.join("pyvenv.cfg"));
-        if let Ok(cfg) = &cfg {
-            for line in cfg.split(|&b| b == b'\n') {
-                if let Some(eq) = line.iter().position(|&b| b == b'=') {
-                    paths.push(trim(&line[eq + 1..]).to_vec());
+        match &cfg {
+            Ok(cfg) => {
+                for line in cfg.split(|&b| b == b'\n') {
+                    if let Some(eq) = line.iter().position(|&b| b == b'=') {
+                        paths.push(trim(&line[eq + 1..]).to_vec());
+                    }
                 }
             }
+            Err(e) => complete &= absent(e),
         }
         let unpacked_wheel = cfg.is_err()
             && rel.components().next().is_some_and(|top| {
@@ -506,15 +602,18 @@ fn needs(view: &CacheView<'_>, rel: &Path) -> Vec<PathBuf> {
                 )
             });
         if !unpacked_wheel {
-            for pth in overlay_pth_files(&abs) {
-                if let Ok(text) = std::fs::read(&pth) {
-                    paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec()));
+            let (pth_files, listed) = overlay_pth_files(&abs);
+            complete &= listed;
+            for pth in pth_files {
+                match std::fs::read(&pth) {
+                    Ok(text) => paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec())),
+                    Err(e) => complete &= absent(&e),
                 }
             }
-            symlinks_inside(&abs, &mut paths);
+            complete &= symlinks_inside(&abs, &mut paths);
         }
     }
-    paths.iter().filter_map(|p| view.entry_of_path(p)).collect()
+    Needs { entries: paths.iter().filter_map(|p| view.entry_of_path(p)).collect(), incomplete: !complete }
 }
 
 use std::os::unix::ffi::OsStringExt;
@@ -525,44 +624,78 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end.max(start)]
 }
 
-/// `lib/python*/site-packages/_uv_ephemeral_overlay.pth` (and `Lib/site-packages` layouts).
-fn overlay_pth_files(venv: &Path) -> Vec<PathBuf> {
+/// `lib/python*/site-packages/_uv_ephemeral_overlay.pth` (and `Lib/site-packages` layouts),
+/// and whether every place one could be was looked at (a `lib` that cannot be listed may hide
+/// the `.pth` that names the base environment of a running overlay).
+fn overlay_pth_files(venv: &Path) -> (Vec<PathBuf>, bool) {
     let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
-        for e in entries.flatten() {
-            let p = e.path().join("site-packages").join("_uv_ephemeral_overlay.pth");
-            if p.is_file() {
-                out.push(p);
-            }
+    let entries = match std::fs::read_dir(venv.join("lib")) {
+        Ok(entries) => entries,
+        Err(e) => return (out, absent(&e)),
+    };
+    let mut complete = true;
+    for e in entries {
+        let Ok(e) = e else {
+            complete = false;
+            continue;
+        };
+        let p = e.path().join("site-packages").join("_uv_ephemeral_overlay.pth");
+        match std::fs::metadata(&p) {
+            Ok(meta) if meta.is_file() => out.push(p),
+            Ok(_) => {}
+            Err(e) => complete &= absent(&e),
         }
     }
-    out
+    (out, complete)
 }
 
-/// Absolute targets of symlinks inside `dir` (bounded walk, links not followed).
-fn symlinks_inside(dir: &Path, out: &mut Vec<Vec<u8>>) {
+/// Absolute targets of symlinks inside `dir` (bounded walk, links not followed); false when
+/// some of it could not be read or the bound was hit, so a link may have been missed. A
+/// directory removed meanwhile hides nothing.
+fn symlinks_inside(dir: &Path, out: &mut Vec<Vec<u8>>) -> bool {
     // A venv has a few thousand files; the bound only guards against pathological trees.
     let mut budget = 200_000usize;
+    let mut complete = true;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) => {
+                complete &= absent(&e);
+                continue;
+            }
+        };
+        for e in entries {
+            let Ok(e) = e else {
+                complete = false;
+                continue;
+            };
             budget = budget.saturating_sub(1);
             if budget == 0 {
-                return;
+                return false;
             }
-            let Ok(kind) = e.file_type() else { continue };
+            let kind = match e.file_type() {
+                Ok(kind) => kind,
+                Err(e) => {
+                    complete &= absent(&e);
+                    continue;
+                }
+            };
             let path = e.path();
             if kind.is_symlink() {
-                if let Ok(target) = std::fs::read_link(&path) {
-                    let abs = if target.is_absolute() { target } else { d.join(target) };
-                    out.push(normalize(&abs).into_os_string().into_vec());
+                match std::fs::read_link(&path) {
+                    Ok(target) => {
+                        let abs = if target.is_absolute() { target } else { d.join(target) };
+                        out.push(normalize(&abs).into_os_string().into_vec());
+                    }
+                    Err(e) => complete &= absent(&e),
                 }
             } else if kind.is_dir() {
                 stack.push(path);
             }
         }
     }
+    complete
 }
 
 #[cfg(test)]
@@ -585,6 +718,38 @@ mod tests {
         assert!(aliases
             .contains(&Spelling { prefix: b"/srv/tool env".to_vec(), rel: PathBuf::from("archive-v0/abc") }));
         assert_eq!(aliases.len(), 3);
+    }
+
+    /// A directory of an in-use venv that cannot be listed (here: its path is longer than
+    /// PATH_MAX, which even root cannot open by name) may hide a link into any archive: all
+    /// archives stay. A venv read completely keeps only what it links into.
+    #[test]
+    fn an_unreadable_part_of_an_entry_in_use_keeps_every_archive() {
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let venv = root.join("environments-v2/script-x");
+        std::fs::create_dir_all(&venv).unwrap();
+        std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        for a in ["archive-v0/linked", "archive-v0/other"] {
+            std::fs::create_dir_all(root.join(a)).unwrap();
+        }
+        std::os::unix::fs::symlink(root.join("archive-v0/linked/f.py"), venv.join("f.py")).unwrap();
+        let view = CacheView::new(&root, &root, None);
+        let start = vec![PathBuf::from("environments-v2/script-x")];
+        let kept: Vec<PathBuf> = closure(&view, start.clone()).into_keys().collect();
+        assert_eq!(kept, vec![PathBuf::from("archive-v0/linked")]);
+
+        // Directories nested (by handle) past PATH_MAX.
+        let name = "d".repeat(200);
+        let mut dir =
+            openat(rustix::fs::CWD, &venv, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        for _ in 0..25 {
+            mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            dir = openat(&dir, name.as_str(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        }
+        let kept: Vec<PathBuf> = closure(&view, start).into_keys().collect();
+        assert_eq!(kept, vec![PathBuf::from("archive-v0"), PathBuf::from("archive-v0/linked")]);
     }
 
     proptest::proptest! {
@@ -634,7 +799,14 @@ mod tests {
         let rel = view.relative(b"/srv/tool/lib/x.so").unwrap();
         assert_eq!(view.entry_of(&rel), Some(PathBuf::from("archive-v0/abc")));
         assert_eq!(view.relative(b"/configured/uvx/archive-v0/X"), None);
-        assert_eq!(view.relative(b"/configured/uv/archive-v0/X/../../../etc"), None);
+        // `..` ends what a path names for sure: the entry before it counts, nothing above.
+        let rel = view.relative(b"/configured/uv/archive-v0/X/../../../etc").unwrap();
+        assert_eq!(view.entry_of(&rel), Some(PathBuf::from("archive-v0/X")));
+        assert_eq!(
+            view.entry_of_path(b"/configured/uv/archive-v0/X/bin/../lib"),
+            Some(PathBuf::from("archive-v0/X"))
+        );
+        assert_eq!(view.entry_of_path(b"/configured/uv/../uv/archive-v0/X"), None);
         let entry = |p: &str| view.entry_of(Path::new(p)).map(|e| e.display().to_string());
         assert_eq!(
             entry("environments-v2/8b0c/f444/bin/python").as_deref(),
