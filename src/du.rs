@@ -233,6 +233,23 @@ impl Walk {
         walk
     }
 
+    /// Move each hard-linked inode's share to an entry in use when one holds it: an
+    /// environment in use installed by hard links shares its files with a wheel archive,
+    /// and "in use" must count them whichever of the two sorts first.
+    fn credit_in_use(&mut self, in_use: &[bool]) {
+        for group in self.links.chunk_by(|a, b| (a.dev, a.ino) == (b.dev, b.ino)) {
+            let first = group[0];
+            if in_use[first.unit as usize] {
+                continue;
+            }
+            let Some(used) = group.iter().find(|l| in_use[l.unit as usize]) else { continue };
+            let from = &mut self.units[first.unit as usize].share;
+            from.bytes = from.bytes.saturating_sub(first.size.bytes);
+            from.disk = from.disk.saturating_sub(first.size.disk);
+            self.units[used.unit as usize].share += first.size;
+        }
+    }
+
     /// List `rel` (a container, or the root), adding containers below it and unit seeds.
     fn enumerate(&mut self, root: &Path, rel: PathBuf, parent: u32, bucket: u32, seeds: &mut Vec<Seed>) {
         let abs = root.join(&rel);
@@ -591,6 +608,7 @@ pub fn measure(cache: &Cache, proc_root: &Path, top: usize) -> Result<DuReport, 
         },
     );
     let [plain, ci, tools] = [&plain, &ci, &tools].map(|p| walk.evaluate(root, &p.targets));
+    let mut walk = walk;
 
     // Units in use: an in-use entry, inside one, or containing one.
     let in_use_paths: Vec<&PathBuf> = usage.all_entries().collect();
@@ -599,6 +617,7 @@ pub fn measure(cache: &Cache, proc_root: &Path, top: usize) -> Result<DuReport, 
         .iter()
         .map(|u| in_use_paths.iter().any(|p| u.rel.starts_with(p) || p.starts_with(&u.rel)))
         .collect();
+    walk.credit_in_use(&in_use);
 
     let total = walk.total();
     let mut buckets: Vec<Row> = walk.buckets.iter().map(|b| Row::new(escape(b))).collect();

@@ -417,10 +417,23 @@ fn du_totals_hard_links_and_in_use() {
     let (_, dozy_disk, _) = independent_walk(&cache.join(&dozy));
     let dozy_dir = std::fs::symlink_metadata(cache.join(&dozy)).unwrap().blocks() * 512;
     assert!(held_disk >= dozy_disk + dozy_dir, "{held_disk} < {dozy_disk}");
-    // The share in the totals counts each file once (dozy's files are also in its wheel's
-    // archive), so it is at most the entries' own sizes and covers the directories.
+    // The total counts each file once (dozy's files are hard links shared with its wheel's
+    // archive, whichever sorts first): exactly a walk of the held entries, inodes once.
     let total_in_use = du["in_use"]["disk"].as_u64().unwrap();
-    assert!(total_in_use > 0 && total_in_use <= held_disk, "{total_in_use} vs {held_disk}");
+    let mut seen = std::collections::HashSet::new();
+    let mut union = 0;
+    let mut stack: Vec<PathBuf> = in_use.iter().map(|p| cache.join(p)).collect();
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if seen.insert((meta.dev(), meta.ino())) {
+            union += meta.blocks() * 512;
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+        }
+    }
+    assert_eq!(total_in_use, union, "held entries: {in_use:?}");
+    assert!(total_in_use <= held_disk, "{total_in_use} vs {held_disk}");
     // A plain prune keeps the held environment: it frees nothing of it.
     assert_eq!(entries[&dozy]["prune"]["disk"], 0, "{:#}", entries[&dozy]);
     assert!(entries[&sleepy]["prune"]["disk"].as_u64().unwrap() > 0, "{:#}", entries[&sleepy]);
