@@ -583,7 +583,8 @@ fn needs(view: &CacheView<'_>, rel: &Path) -> Needs {
             paths.push(target.into_os_string().into_vec());
         }
     } else if meta.is_dir() {
-        let cfg = std::fs::read(abs.join("pyvenv.cfg"));
+        // Quietly: protecting an environment must not count as its use (`--older-than`).
+        let cfg = crate::names::read_quietly(&abs.join("pyvenv.cfg"), 1 << 20);
         match &cfg {
             Ok(cfg) => {
                 for line in cfg.split(|&b| b == b'\n') {
@@ -605,7 +606,7 @@ fn needs(view: &CacheView<'_>, rel: &Path) -> Needs {
             let (pth_files, listed) = overlay_pth_files(&abs);
             complete &= listed;
             for pth in pth_files {
-                match std::fs::read(&pth) {
+                match crate::names::read_quietly(&pth, 1 << 20) {
                     Ok(text) => paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec())),
                     Err(e) => complete &= absent(&e),
                 }
