@@ -18,6 +18,14 @@
 //!
 //! Parsing is a hand-written pure function over `OsString`s rather than clap, so that an
 //! argument this parser does not know is passed on byte for byte instead of being rejected.
+//!
+//! The real uv is found on `PATH` by skipping this binary (and copies of it). Two *different*
+//! safe-prune builds installed as `uv` would still take each other for the real uv and exec
+//! each other forever, so every hand-off adds this binary's identity to [`VISITED_VAR`] and a
+//! safe-prune skips every binary named there: each one is tried at most once, then the real uv
+//! or a clear error. A loop the identities cannot see (a script named `uv` that runs
+//! safe-prune) ends with an error after [`MAX_HANDOFFS`] hand-offs. That variable is the only
+//! change the real uv sees in its environment.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -504,32 +512,88 @@ fn temp_name() -> String {
     name
 }
 
+/// The safe-prune binaries that already handed the current command on, as `<st_dev>:<st_ino>`
+/// of each file, space-separated, one word per hand-off. Set on the program the wrapper execs
+/// (the real uv, or what looked like it); a safe-prune running as `uv` or `uvx` never hands on
+/// to a file named here. Identities rather than paths: nothing to escape, and every link to the
+/// file matches.
+pub const VISITED_VAR: &str = "SAFE_PRUNE_WRAPPER_VISITED";
+
+/// Hand-offs after which a safe-prune refuses to hand on again. Each level of real nesting
+/// (`uv run` running a script that runs `uv`) adds one, so only a loop gets this far.
+pub const MAX_HANDOFFS: usize = 32;
+
+/// A file's identity, following links.
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The identities in a [`VISITED_VAR`] value; malformed words are ignored.
+fn parse_visited(value: &OsStr) -> Vec<FileId> {
+    value
+        .to_string_lossy()
+        .split_whitespace()
+        .filter_map(|word| {
+            let (dev, ino) = word.split_once(':')?;
+            Some((dev.parse().ok()?, ino.parse().ok()?))
+        })
+        .collect()
+}
+
+fn format_visited(ids: &[FileId]) -> String {
+    ids.iter().map(|(dev, ino)| format!("{dev}:{ino}")).collect::<Vec<_>>().join(" ")
+}
+
 /// Replace this process with the real uv (or uvx), same arguments; returns only on failure.
 fn pass_through(invoked: Invoked, args: &[OsString]) -> u8 {
     let name = match invoked {
         Invoked::Uv => "uv",
         Invoked::Uvx => "uvx",
     };
-    let real = match find_real(name) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("safe-prune: cannot find my own executable: {e}");
+            return crate::exit::FATAL;
+        }
+    };
+    let mut visited = std::env::var_os(VISITED_VAR).map(|v| parse_visited(&v)).unwrap_or_default();
+    if visited.len() >= MAX_HANDOFFS {
+        eprintln!(
+            "safe-prune: `{name}` was handed on {} times without reaching the real {name} ({VISITED_VAR}); a loop of programs named `{name}` on PATH? Set SAFE_PRUNE_REAL_UV to the real uv",
+            visited.len()
+        );
+        return crate::exit::FATAL;
+    }
+    let handed_on_before = !visited.is_empty();
+    // Unidentifiable (cannot happen for a running binary): a placeholder still counts the hop.
+    visited.push(file_id(&exe).unwrap_or((0, 0)));
+    let real = match find_real(name, &exe, &visited, handed_on_before) {
         Ok(real) => real,
         Err(message) => {
             eprintln!("safe-prune: {message}");
             return crate::exit::FATAL;
         }
     };
-    let err = std::process::Command::new(&real).arg0(&real).args(args).exec();
+    let err = std::process::Command::new(&real)
+        .arg0(&real)
+        .args(args)
+        .env(VISITED_VAR, format_visited(&visited))
+        .exec();
     eprintln!("safe-prune: cannot run the real {name} at {}: {err}", real.display());
     crate::exit::FATAL
 }
 
 /// The real `uv`/`uvx`: `SAFE_PRUNE_REAL_UV` (or the `uvx` beside it), else the first one on
-/// `PATH` that is not safe-prune itself.
-fn find_real(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+/// `PATH` that is neither safe-prune itself nor a binary in `visited`.
+fn find_real(name: &str, exe: &Path, visited: &[FileId], handed_on_before: bool) -> Result<PathBuf, String> {
     if let Some(real) = std::env::var_os("SAFE_PRUNE_REAL_UV").filter(|v| !v.is_empty()) {
         let real = PathBuf::from(real);
         let real = if name == "uvx" { real.with_file_name("uvx") } else { real };
-        if is_same_program(&real, &exe) {
+        if is_same_program(&real, exe) || file_id(&real).is_some_and(|id| visited.contains(&id)) {
             return Err(format!(
                 "SAFE_PRUNE_REAL_UV={} is safe-prune itself; point it at the real uv",
                 real.display()
@@ -546,21 +610,30 @@ fn find_real(name: &str) -> Result<PathBuf, String> {
         }
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    find_on_path(name, &path, &exe).ok_or_else(|| {
+    find_on_path(name, &path, exe, visited).ok_or_else(|| {
+        let others = if handed_on_before {
+            format!(
+                " (the other `{name}` programs on PATH are safe-prune builds that already handed this command on, see {VISITED_VAR})"
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "running as `{name}`, but no real {name} is on PATH after this shim ({}); install uv, or set SAFE_PRUNE_REAL_UV to the real uv, or remove the shim with `safe-prune shim uninstall`",
+            "running as `{name}`, but no real {name} is on PATH after this shim ({}){others}; install uv, or set SAFE_PRUNE_REAL_UV to the real uv, or remove the shim with `safe-prune shim uninstall`",
             exe.display()
         )
     })
 }
 
-/// The first executable `name` in the `PATH` list that is not `exe`.
-pub fn find_on_path(name: &str, path: &OsStr, exe: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// The first executable `name` in the `PATH` list that is neither `exe` (or a copy of it) nor
+/// one of the `skip` files.
+pub fn find_on_path(name: &str, path: &OsStr, exe: &Path, skip: &[FileId]) -> Option<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::env::split_paths(path).filter(|dir| !dir.as_os_str().is_empty()).map(|dir| dir.join(name)).find(
         |candidate| {
-            candidate.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                && !is_same_program(candidate, exe)
+            candidate.metadata().is_ok_and(|m| {
+                m.is_file() && m.permissions().mode() & 0o111 != 0 && !skip.contains(&(m.dev(), m.ino()))
+            }) && !is_same_program(candidate, exe)
         },
     )
 }
@@ -776,8 +849,28 @@ mod tests {
         }
         std::os::unix::fs::symlink(&exe, shim.join("uv")).unwrap();
         let path = std::env::join_paths([&shim, &copy, &real]).unwrap();
-        assert_eq!(find_on_path("uv", &path, &exe), Some(real.join("uv")));
+        assert_eq!(find_on_path("uv", &path, &exe, &[]), Some(real.join("uv")));
         let path = std::env::join_paths([&shim, &copy]).unwrap();
-        assert_eq!(find_on_path("uv", &path, &exe), None);
+        assert_eq!(find_on_path("uv", &path, &exe, &[]), None);
+
+        // Another build (different bytes) is not recognised as us, only through the marker.
+        let other = root.join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("uv"), "another build").unwrap();
+        std::fs::set_permissions(other.join("uv"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&shim, &other, &real]).unwrap();
+        assert_eq!(find_on_path("uv", &path, &exe, &[]), Some(other.join("uv")));
+        let skip = [file_id(&other.join("uv")).unwrap()];
+        assert_eq!(find_on_path("uv", &path, &exe, &skip), Some(real.join("uv")));
+    }
+
+    #[test]
+    fn visited_marker_round_trips_and_ignores_junk() {
+        let ids = vec![(2049, 131_073), (0, u64::MAX)];
+        let text = format_visited(&ids);
+        assert_eq!(text, format!("2049:131073 0:{}", u64::MAX));
+        assert_eq!(parse_visited(OsStr::new(&text)), ids);
+        assert_eq!(parse_visited(OsStr::new(" x 1:2 3: :4 5:6:7 -1:2 8:9 ")), vec![(1, 2), (8, 9)]);
+        assert_eq!(parse_visited(OsStr::new("")), vec![]);
     }
 }
