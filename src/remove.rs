@@ -10,8 +10,12 @@
 //! A directory is first renamed into a trash folder inside the cache (one atomic `renameat`),
 //! then emptied. Killed at any moment, the cache therefore holds each entry either whole or
 //! not at all; the trash is an unknown top-level entry that the next prune (ours or uv's)
-//! removes. Directories are emptied in parallel: files first, then each directory once its
-//! contents are gone, counting files and bytes on the way (no second walk).
+//! removes. Each run makes a trash folder of its own, never reusing one that exists: a killed
+//! run's trash can carry the very pid of the next run (containers restarted on a persistent
+//! cache volume), and it is one of that run's targets. Only where renaming cannot work by
+//! nature (another filesystem, a mount point) is a directory deleted in place. Directories are
+//! emptied in parallel: files first, then each directory once its contents are gone, counting
+//! files and bytes on the way (no second walk).
 //!
 //! Removal runs on its own rayon pool with more threads than cores ([`default_threads`]):
 //! an `unlink` mostly waits on the filesystem (journal, block freeing, and on a filesystem
@@ -25,10 +29,12 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, RawMode};
+use rustix::io::Errno;
 
 /// What a removal took away.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,6 +72,9 @@ pub struct Remover {
     dry_run: bool,
     trash: std::sync::Mutex<Option<Trash>>,
     progress: Option<std::sync::Arc<Progress>>,
+    /// Names for this run's trash folder, one per attempt ([`trash_name`]; tests make them
+    /// collide).
+    trash_name: fn(u32) -> CString,
     counter: AtomicU64,
     /// The removal pool, made on first use; `None` inside when it could not be built (the
     /// global pool is used then).
@@ -89,11 +98,54 @@ const DIR_BUF: usize = 8 * 1024;
 
 struct Trash {
     name: CString,
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
 }
 
 /// The prefix of trash folders; the planner treats them as unknown top-level entries.
 pub const TRASH_PREFIX: &str = ".safe-prune-trash-";
+
+/// Names tried for a trash folder, and renames tried into it, before giving up.
+const ATTEMPTS: u32 = 16;
+
+/// A trash folder name for this run: the pid (whose it is, for a reader) and the time in
+/// nanoseconds, so that a run whose pid a killed run had (a container's fixed pids) still
+/// gets a name of its own; `attempt` makes every retry a new name.
+fn trash_name(attempt: u32) -> CString {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name = format!("{TRASH_PREFIX}{}-{nanos:x}-{attempt}", std::process::id());
+    CString::new(name).expect("no NUL in a formatted name")
+}
+
+/// Where [`Remover::to_trash`] left a directory.
+enum Moved {
+    /// Renamed into the trash folder (its handle) under this name.
+    Trash(Arc<OwnedFd>, CString),
+    /// It was gone already.
+    Vanished,
+    /// Renaming cannot work here (another filesystem, a mount point, a cache root we may not
+    /// write): delete it where it is.
+    InPlace,
+}
+
+/// Why a directory could not be moved into the trash (it is left where it was).
+enum TrashError {
+    Create(Errno),
+    Move(Errno),
+}
+
+impl TrashError {
+    fn message(&self, rel: &Path) -> String {
+        match self {
+            TrashError::Create(e) => {
+                format!("cannot make a trash folder to remove {}: {}", rel.display(), errno_msg(*e))
+            }
+            TrashError::Move(e) => {
+                format!("cannot move {} into the trash folder: {}", rel.display(), errno_msg(*e))
+            }
+        }
+    }
+}
 
 fn errno_msg(err: rustix::io::Errno) -> String {
     io::Error::from(err).to_string()
@@ -121,6 +173,7 @@ impl Remover {
             root,
             dry_run,
             trash: std::sync::Mutex::new(None),
+            trash_name,
             progress: None,
             counter: AtomicU64::new(0),
             pool: std::sync::OnceLock::new(),
@@ -221,44 +274,93 @@ impl Remover {
             return self.empty_dir(parent_fd, leaf, true).map_err(|(c, e)| (c, prefixed(rel, e)));
         }
         // Move the directory out of the way in one atomic step, then empty it from the trash.
-        let (dir_at, dir_name) = match self.to_trash(parent_fd, leaf) {
-            Ok(Some(moved)) => moved,
-            Ok(None) => return Ok(Counts::default()),
-            // Renaming can fail across mounts (EXDEV) or on odd filesystems: delete in place.
-            Err(_) => (None, leaf.clone()),
+        let (dir_at, dir_name) = match self.to_trash(parent_fd, leaf, stat.st_mode) {
+            Ok(Moved::Trash(trash, name)) => (Some(trash), name),
+            Ok(Moved::Vanished) => return Ok(Counts::default()),
+            Ok(Moved::InPlace) => (None, leaf.clone()),
+            // Left whole where it was: deleting it in place could leave half an entry behind.
+            Err(e) => return Err(fail(e.message(rel))),
         };
         let at = dir_at.as_ref().map_or(parent_fd, |t| t.as_fd());
         self.empty_dir(at, &dir_name, false).map_err(|(c, e)| (c, prefixed(rel, e)))
     }
 
-    /// Rename `parent/leaf` into the trash; `Ok(None)` when it vanished meanwhile.
-    #[allow(clippy::type_complexity)]
-    fn to_trash(
-        &self,
-        parent: BorrowedFd<'_>,
-        leaf: &CStr,
-    ) -> rustix::io::Result<Option<(Option<OwnedFd>, CString)>> {
-        let trash_fd = {
-            let mut trash = self.trash.lock().unwrap_or_else(|p| p.into_inner());
-            if trash.is_none() {
-                let name = format!("{TRASH_PREFIX}{}", std::process::id());
-                let name = CString::new(name).expect("no NUL in a formatted name");
-                match rustix::fs::mkdirat(&self.root, name.as_c_str(), Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(e),
+    /// Rename directory `parent/leaf` (of mode `mode`) into this run's trash folder.
+    fn to_trash(&self, parent: BorrowedFd<'_>, leaf: &CStr, mode: RawMode) -> Result<Moved, TrashError> {
+        let mut made_writable = false;
+        let mut new_trash = false;
+        for _ in 0..ATTEMPTS {
+            let (trash, trash_name) = match self.trash() {
+                Ok(trash) => trash,
+                // A cache root we may not write to: no trash can be made, deleting in place
+                // (as uv does) is all that works.
+                Err(Errno::ACCESS | Errno::PERM) => return Ok(Moved::InPlace),
+                Err(errno) => return Err(TrashError::Create(errno)),
+            };
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let name = CString::new(n.to_string()).expect("digits have no NUL");
+            match rustix::fs::renameat(parent, leaf, &*trash, name.as_c_str()) {
+                Ok(()) => return Ok(Moved::Trash(trash, name)),
+                // Only this run writes into its trash; a taken name is someone else's doing,
+                // and the next number is free.
+                Err(Errno::EXIST | Errno::NOTEMPTY | Errno::NOTDIR) => {}
+                // Either the directory is gone, or the trash folder is (removed under us, say
+                // by hand): look at the directory to tell which. A gone trash is replaced once.
+                Err(Errno::NOENT) => match rustix::fs::statat(parent, leaf, AtFlags::SYMLINK_NOFOLLOW) {
+                    Err(Errno::NOENT) => return Ok(Moved::Vanished),
+                    Ok(_) if !new_trash => {
+                        new_trash = true;
+                        self.forget_trash(&trash_name);
+                    }
+                    Ok(_) => return Err(TrashError::Move(Errno::NOENT)),
+                    Err(errno) => return Err(TrashError::Move(errno)),
+                },
+                // Moving a directory to another parent rewrites its `..`, which takes write
+                // permission on it; uv makes such directories writable to delete them, so do we.
+                Err(Errno::ACCESS) if !made_writable && mode & 0o200 == 0 => {
+                    made_writable = true;
+                    chmod_dir_nofollow(parent, leaf, Mode::from_raw_mode(0o700)).map_err(TrashError::Move)?;
                 }
-                let fd = open_dir(self.root.as_fd(), &name)?;
-                *trash = Some(Trash { name, fd });
+                // Renaming cannot work across filesystems or for a mount point; deleting in place can.
+                Err(Errno::XDEV | Errno::BUSY) => return Ok(Moved::InPlace),
+                Err(errno) => return Err(TrashError::Move(errno)),
             }
-            let t = trash.as_ref().expect("set above");
-            rustix::io::dup(&t.fd)?
+        }
+        Err(TrashError::Move(Errno::EXIST))
+    }
+
+    /// This run's trash folder (made on first use): its handle and its name.
+    fn trash(&self) -> rustix::io::Result<(Arc<OwnedFd>, CString)> {
+        let mut trash = self.trash.lock().unwrap_or_else(|p| p.into_inner());
+        let trash = match &mut *trash {
+            Some(trash) => trash,
+            empty => empty.insert(self.make_trash()?),
         };
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let new_name = CString::new(n.to_string()).expect("digits have no NUL");
-        match rustix::fs::renameat(parent, leaf, &trash_fd, new_name.as_c_str()) {
-            Ok(()) => Ok(Some((Some(trash_fd), new_name))),
-            Err(rustix::io::Errno::NOENT) => Ok(None),
-            Err(e) => Err(e),
+        Ok((trash.fd.clone(), trash.name.clone()))
+    }
+
+    /// Make a trash folder under a name nobody used: a folder that exists is never reused. It
+    /// may be a killed run's trash, planned as a target of this run: renaming it into itself
+    /// fails, and its numbered children take the names this run moves entries to.
+    fn make_trash(&self) -> rustix::io::Result<Trash> {
+        for attempt in 0..ATTEMPTS {
+            let name = (self.trash_name)(attempt);
+            match rustix::fs::mkdirat(&self.root, name.as_c_str(), Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(e),
+            }
+            let fd = open_dir(self.root.as_fd(), &name)?;
+            return Ok(Trash { name, fd: Arc::new(fd) });
+        }
+        Err(Errno::EXIST)
+    }
+
+    /// Drop the trash folder named `name` (it was removed under us); the next move makes another.
+    fn forget_trash(&self, name: &CStr) {
+        let mut trash = self.trash.lock().unwrap_or_else(|p| p.into_inner());
+        if trash.as_ref().is_some_and(|t| t.name.as_c_str() == name) {
+            *trash = None;
         }
     }
 
@@ -292,9 +394,9 @@ impl Remover {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(Counts::default()),
             Err(rustix::io::Errno::ACCESS) if !measure => {
-                // uv makes an unreadable directory readable and retries; so do we, on our
-                // own handle (never through a path).
-                let _ = rustix::fs::chmodat(at, name, Mode::from_raw_mode(0o700), AtFlags::empty());
+                // uv makes an unreadable directory readable and retries; so do we, without
+                // following a link the directory may have been swapped for.
+                let _ = chmod_dir_nofollow(at, name, Mode::from_raw_mode(0o700));
                 match open_dir(at, name) {
                     Ok(fd) => fd,
                     Err(e) => return Err(fail(Counts::default(), "cannot open", e)),
@@ -400,6 +502,36 @@ fn file_counts(stat: &rustix::fs::Stat) -> Counts {
     Counts { files: 1, dirs: 0, bytes }
 }
 
+/// Set the mode of directory `at/name`, never through a symlink: the name may have been
+/// swapped for a link to a directory outside the cache since it was read, and plain `chmod`
+/// (`fchmodat` without flags) follows links.
+fn chmod_dir_nofollow(at: BorrowedFd<'_>, name: &CStr, mode: Mode) -> rustix::io::Result<()> {
+    match rustix::fs::chmodat(at, name, mode, AtFlags::SYMLINK_NOFOLLOW) {
+        // Linux's `fchmodat` takes no flags (`fchmodat2` is Linux 6.6+, unused by rustix), so
+        // rustix refuses `SYMLINK_NOFOLLOW` there; the BSDs and macOS honour it.
+        Err(Errno::OPNOTSUPP) => chmod_dir_by_handle(at, name, mode),
+        other => other,
+    }
+}
+
+/// Linux: an `O_PATH` handle needs no permission on the directory (a mode-000 directory opens),
+/// `O_NOFOLLOW | O_DIRECTORY` make it the directory itself or an error (a link opens as the
+/// link, which `O_DIRECTORY` refuses), and `/proc/self/fd/N` is resolved by the kernel to that
+/// open handle's inode, never by name, so no later swap can redirect it. (`fchmod` refuses
+/// `O_PATH` handles; this is how glibc implements `fchmodat(AT_SYMLINK_NOFOLLOW)`.)
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn chmod_dir_by_handle(at: BorrowedFd<'_>, name: &CStr, mode: Mode) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(at, name, flags, Mode::empty())?;
+    rustix::fs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), mode)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn chmod_dir_by_handle(_at: BorrowedFd<'_>, _name: &CStr, _mode: Mode) -> rustix::io::Result<()> {
+    Err(Errno::OPNOTSUPP)
+}
+
 fn prefixed(rel: &Path, e: RemoveError) -> RemoveError {
     RemoveError { message: format!("{}: {}", rel.display(), e.message) }
 }
@@ -460,6 +592,138 @@ mod tests {
         assert_eq!((counts.files, counts.dirs), (1, 2));
         assert!(tmp.path().join("d/e/f").exists());
         assert_eq!(remover.remove(Path::new("nope")).unwrap(), Counts::default());
+    }
+
+    /// The trash folders in `root`.
+    fn trash_folders(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TRASH_PREFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The old trash name: the pid alone.
+    fn pid_trash_name() -> String {
+        format!("{TRASH_PREFIX}{}", std::process::id())
+    }
+
+    #[test]
+    fn a_trash_folder_that_exists_is_never_reused_and_goes_as_a_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // A killed run's trash under the name this run tries first (a container restarted with
+        // the same pid), holding the numbered entries it had moved there.
+        let leftover = root.join(pid_trash_name());
+        fs::create_dir_all(leftover.join("0/lib")).unwrap();
+        fs::write(leftover.join("0/lib/f"), "x").unwrap();
+        fs::create_dir_all(leftover.join("1")).unwrap();
+        for entry in ["a", "b"] {
+            fs::create_dir_all(root.join(entry).join("sub")).unwrap();
+            fs::write(root.join(entry).join("sub/f"), "y").unwrap();
+        }
+        let mut remover = Remover::new(root, false).unwrap();
+        remover.trash_name = |attempt| {
+            let name = if attempt == 0 { pid_trash_name() } else { format!("{TRASH_PREFIX}fresh-{attempt}") };
+            CString::new(name).unwrap()
+        };
+        // Moved atomically, into a folder of its own: the leftover is left as it was.
+        let Ok(Moved::Trash(trash, name)) = remover.to_trash(remover.root.as_fd(), c"a", 0o755) else {
+            panic!("`a` was not renamed into a trash folder");
+        };
+        let fresh = root.join(format!("{TRASH_PREFIX}fresh-1"));
+        assert!(fresh.join(name.to_str().unwrap()).join("sub/f").exists());
+        let mut left: Vec<_> = fs::read_dir(&leftover).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["0", "1"]);
+        remover.empty_dir(trash.as_fd(), &name, false).unwrap();
+        // The leftover is an ordinary target: moved into this run's trash and emptied, beside
+        // other targets.
+        let stop = AtomicBool::new(false);
+        let targets = [Path::new(&pid_trash_name()).to_path_buf(), "b".into()];
+        let rels: Vec<&Path> = targets.iter().map(|p| p.as_path()).collect();
+        for result in remover.remove_all(&rels, &stop) {
+            assert!(matches!(result, Some(Ok(_))), "{result:?}");
+        }
+        remover.finish();
+        assert_eq!(fs::read_dir(root).unwrap().count(), 0, "everything, the trash folders too, is gone");
+    }
+
+    #[test]
+    fn a_trash_folder_removed_under_us_is_replaced_not_read_as_a_vanished_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for entry in ["a", "b"] {
+            fs::create_dir_all(root.join(entry).join("sub")).unwrap();
+        }
+        let remover = Remover::new(root, false).unwrap();
+        remover.remove(Path::new("a")).unwrap();
+        let first = trash_folders(root);
+        assert_eq!(first.len(), 1, "{first:?}");
+        fs::remove_dir(root.join(&first[0])).unwrap();
+        // Renaming into the removed folder fails with ENOENT although `b` is there.
+        remover.remove(Path::new("b")).unwrap();
+        assert!(!root.join("b").exists(), "`b` was reported removed but stayed");
+        remover.finish();
+        assert_eq!(fs::read_dir(root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_renamed_is_left_whole_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for entry in ["a", "b"] {
+            fs::create_dir_all(root.join(entry).join("sub")).unwrap();
+            fs::write(root.join(entry).join("sub/f"), "y").unwrap();
+        }
+        let remover = Remover::new(root, false).unwrap();
+        remover.remove(Path::new("a")).unwrap();
+        let trash = trash_folders(root);
+        fs::create_dir(root.join(&trash[0]).join("kept")).unwrap();
+        // Never planned (it is made after planning), but were this run's trash a target:
+        // renaming it into itself fails (EINVAL), and it must not be deleted in place instead.
+        let (_, e) = remover.remove(Path::new(&trash[0])).unwrap_err();
+        assert!(e.message.contains("cannot move"), "{e:?}");
+        assert!(root.join(&trash[0]).join("kept").exists(), "deleted in place");
+        // The trash still works for the other targets.
+        remover.remove(Path::new("b")).unwrap();
+        assert!(!root.join("b").exists());
+    }
+
+    #[test]
+    fn no_trash_folder_can_be_made_is_an_error_and_nothing_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("a/sub")).unwrap();
+        fs::write(root.join("a/sub/f"), "y").unwrap();
+        let mut remover = Remover::new(root, false).unwrap();
+        // Every name tried is taken (by a file): no trash folder, and no deletion in place.
+        remover.trash_name = |_| CString::new(format!("{TRASH_PREFIX}taken")).unwrap();
+        fs::write(root.join(format!("{TRASH_PREFIX}taken")), "").unwrap();
+        let (_, e) = remover.remove(Path::new("a")).unwrap_err();
+        assert!(e.message.contains("cannot make a trash folder"), "{e:?}");
+        assert!(root.join("a/sub/f").exists(), "deleted in place");
+    }
+
+    #[test]
+    fn chmod_never_follows_a_swapped_in_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("cache");
+        let victim = tmp.path().join("victim");
+        fs::create_dir_all(root.join("locked")).unwrap();
+        fs::create_dir_all(&victim).unwrap();
+        fs::set_permissions(root.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o750)).unwrap();
+        symlink(&victim, root.join("swapped")).unwrap();
+        let remover = Remover::new(&root, false).unwrap();
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        chmod_dir_nofollow(remover.root.as_fd(), c"locked", Mode::from_raw_mode(0o700)).unwrap();
+        assert_eq!(mode(&root.join("locked")), 0o700);
+        assert!(chmod_dir_nofollow(remover.root.as_fd(), c"swapped", Mode::from_raw_mode(0o700)).is_err());
+        assert_eq!(mode(&victim), 0o750, "the link was followed");
     }
 
     #[test]
