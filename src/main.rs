@@ -98,6 +98,24 @@ fn fatal(message: impl std::fmt::Display) -> u8 {
     exit::FATAL
 }
 
+/// A run that ends without its report: the message on stderr and, with `--format json`,
+/// `{"error": ..., "cache_dir": ...}` on stdout, so that a script always reads one JSON object.
+fn fatal_run(json: bool, inputs: &locate::Inputs, message: impl std::fmt::Display, code: u8) -> u8 {
+    eprintln!("error: {message}");
+    if json {
+        let cache_dir = known_cache_dir(inputs).map(report::JsonPath);
+        println!("{}", serde_json::json!({"error": message.to_string(), "cache_dir": cache_dir}));
+    }
+    code
+}
+
+/// The cache directory a run was given, absolute (canonical when it exists); `None` when even
+/// that could not be found (an unreadable configuration).
+fn known_cache_dir(inputs: &locate::Inputs) -> Option<PathBuf> {
+    let absolute = inputs.cwd.join(locate::locate(inputs).ok()?.path);
+    Some(std::fs::canonicalize(&absolute).unwrap_or(absolute))
+}
+
 fn run_prune(args: &PruneArgs) -> u8 {
     let settings = prune_settings(args);
     let title = if args.ci { "safe-prune --ci" } else { "safe-prune" };
@@ -180,10 +198,9 @@ fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(prune::Fatal::Strict(message)) => {
-            eprintln!("error: {message}");
-            return exit::PARTIAL;
+            return fatal_run(settings.json, &settings.locate, message, exit::PARTIAL)
         }
-        Err(e) => return fatal(e),
+        Err(e) => return fatal_run(settings.json, &settings.locate, e, exit::FATAL),
     };
     let report = match outcome {
         prune::Outcome::NoCache(display) => {
@@ -206,6 +223,9 @@ fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
         let _ = writeln!(out);
     } else if !settings.quiet {
         print_human(&report, settings.verbose, empty);
+    } else {
+        // `-q` prints nothing but errors: an entry that could not be removed is one.
+        print_errors(&mut std::io::stderr().lock(), &report.errors);
     }
     append_step_summary(&report::step_summary(title, &report));
     if report.errors.is_empty() {
@@ -310,7 +330,12 @@ fn print_human(report: &report::PruneReport, verbose: u8, empty: &str) {
     if let Some(processes) = &report.processes {
         let _ = write!(err, "{}", report::uninspectable_lines(processes));
     }
-    for e in &report.errors {
+    print_errors(&mut err, &report.errors);
+}
+
+/// One `error:` line per entry that could not be removed (and per run-wide error).
+fn print_errors(err: &mut impl Write, errors: &[report::ErrorEntry]) {
+    for e in errors {
         match &e.path {
             Some(p) => {
                 let _ = writeln!(err, "error: {}: {}", report::escape(&p.0), e.message);
@@ -323,7 +348,9 @@ fn print_human(report: &report::PruneReport, verbose: u8, empty: &str) {
 }
 
 fn run_in_use(args: &CacheArgs) -> u8 {
-    let cache = match prune::open_cache(&locate_inputs(args)) {
+    let inputs = locate_inputs(args);
+    let json = args.format == Format::Json;
+    let cache = match prune::open_cache(&inputs) {
         Ok(Ok(cache)) => cache,
         Ok(Err(display)) => {
             if !args.quiet {
@@ -331,11 +358,11 @@ fn run_in_use(args: &CacheArgs) -> u8 {
             }
             return exit::OK;
         }
-        Err(e) => return fatal(e),
+        Err(e) => return fatal_run(json, &inputs, e, exit::FATAL),
     };
     let usage = match prune::scan(&cache, Path::new("/proc")) {
         Ok(usage) => usage,
-        Err(e) => return fatal(e),
+        Err(e) => return fatal_run(json, &inputs, e, exit::FATAL),
     };
     let mut entries: Vec<report::KeptEntry> = usage
         .direct
@@ -358,7 +385,7 @@ fn run_in_use(args: &CacheArgs) -> u8 {
     for (k, label) in entries.iter_mut().zip(labels) {
         k.label = label;
     }
-    if args.format == Format::Json {
+    if json {
         let doc = serde_json::json!({
             "cache_dir": report::JsonPath(cache.canonical.clone()),
             "in_use": entries,
@@ -399,23 +426,25 @@ fn run_in_use(args: &CacheArgs) -> u8 {
 }
 
 fn run_du(args: &cli::DuArgs) -> u8 {
-    let cache = match prune::open_cache(&locate_inputs(&args.cache)) {
+    let inputs = locate_inputs(&args.cache);
+    let json = args.cache.format == Format::Json;
+    let cache = match prune::open_cache(&inputs) {
         Ok(Ok(cache)) => cache,
         Ok(Err(display)) => {
-            if args.cache.format == Format::Json {
+            if json {
                 println!("{}", serde_json::json!({"cache_dir": null, "no_cache": display}));
             } else if !args.cache.quiet {
                 eprintln!("No cache found at: {display}");
             }
             return exit::OK;
         }
-        Err(e) => return fatal(e),
+        Err(e) => return fatal_run(json, &inputs, e, exit::FATAL),
     };
     let report = match du::measure(&cache, Path::new("/proc"), args.top) {
         Ok(report) => report,
-        Err(e) => return fatal(e),
+        Err(e) => return fatal_run(json, &inputs, e, exit::FATAL),
     };
-    if args.cache.format == Format::Json {
+    if json {
         let mut out = std::io::stdout().lock();
         let _ = serde_json::to_writer(&mut out, &report);
         let _ = writeln!(out);
