@@ -7,11 +7,12 @@
 //! so uv processes that start meanwhile wait, exactly as during uv's own prune. Busy: we do
 //! not hang like uv does; the caller prunes beside the running uv processes in concurrent mode,
 //! or waits (`--wait`) by polling, which on Linux is equivalent since `flock` has no writer
-//! preference anyway.
+//! preference anyway, and lets Ctrl-C (or SIGTERM) end the wait with nothing removed.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::FlockOperation;
@@ -53,6 +54,18 @@ pub fn acquire(
     wait: Option<Duration>,
     on_wait: impl FnOnce(),
 ) -> io::Result<CacheLock> {
+    acquire_unless_stopped(root, create, wait, &AtomicBool::new(false), on_wait)
+}
+
+/// [`acquire`], whose wait ends with an [`io::ErrorKind::Interrupted`] error once `stop` is set
+/// (the Ctrl-C and SIGTERM flag).
+pub fn acquire_unless_stopped(
+    root: &Path,
+    create: bool,
+    wait: Option<Duration>,
+    stop: &AtomicBool,
+    on_wait: impl FnOnce(),
+) -> io::Result<CacheLock> {
     let path = root.join(".lock");
     let file =
         match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(&path) {
@@ -74,6 +87,15 @@ pub fn acquire(
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
+            if stop.load(Ordering::Relaxed) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    format!(
+                        "interrupted while waiting for the lock on `{}`; nothing was removed",
+                        path.display()
+                    ),
+                ));
+            }
             if try_exclusive(&file)? {
                 return Ok(CacheLock::Exclusive(file));
             }
@@ -195,6 +217,19 @@ mod tests {
         assert_eq!(std::fs::metadata(tmp.path().join(".lock")).unwrap().ino(), inode);
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [".lock"]);
+    }
+
+    #[test]
+    fn a_stop_ends_the_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _held = acquire(tmp.path(), true, None, || {}).unwrap();
+        let stop = AtomicBool::new(false);
+        let waited = acquire_unless_stopped(tmp.path(), true, Some(Duration::from_secs(600)), &stop, || {
+            stop.store(true, Ordering::Relaxed)
+        });
+        let e = waited.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert!(e.to_string().contains("interrupted while waiting for the lock"), "{e}");
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub fn run_planned(
         // `--force` in uv means "do not wait": take the lock if free, else run beside uv.
         lock::acquire(&cache.canonical, false, None, || {})
     } else {
-        lock::acquire(&cache.canonical, false, settings.wait, || {
+        lock::acquire_unless_stopped(&cache.canonical, false, settings.wait, stop, || {
             say("Cache is currently in-use, waiting for other uv processes to finish (use `--force` to override)")
         })
     }

@@ -386,3 +386,149 @@ fn archives_renamed_in_while_pruning_or_cleaning_beside_uv_survive() {
         assert!(!cache.join("archive-v0/old").exists(), "{command}: the old archive stayed");
     }
 }
+
+/// A uv cache made by hand in `dir/cache` (no uv needed): the tag, a bucket, uv's `.lock`, and
+/// `n` archives `archive-v0/old<i>` that nothing references (prune removes them).
+fn bare_cache(dir: &Path, n: usize) -> PathBuf {
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(cache.join("wheels-v7")).unwrap();
+    std::fs::write(cache.join("CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n").unwrap();
+    std::fs::write(cache.join(".lock"), "").unwrap();
+    for i in 0..n {
+        let lib = cache.join(format!("archive-v0/old{i}/lib"));
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("mod.py"), "x = 1\n").unwrap();
+    }
+    cache.canonicalize().unwrap()
+}
+
+#[test]
+fn ctrl_c_while_waiting_for_the_lock_stops_with_nothing_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = bare_cache(tmp.path(), 3);
+    let holder = Child(
+        Command::new("flock")
+            .arg("-s")
+            .arg(cache.join(".lock"))
+            .args(["sleep", "120"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(common::process::wait_until(Duration::from_secs(10), || !lock_holders(&cache).is_empty()));
+    let before = common::snapshot(&cache);
+    let log = tmp.path().join("stderr");
+    let mut child = Child(
+        Command::new(common::bin())
+            .args(["--wait=10m", "--cache-dir"])
+            .arg(&cache)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Its signal handlers are in place once it says it waits.
+    let waiting = common::process::wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for other uv processes")
+    });
+    assert!(waiting, "never waited: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    // Far less than the 10 minutes it would otherwise wait.
+    let status =
+        child.wait_timeout(Duration::from_secs(60)).expect("still waiting for the lock after Ctrl-C");
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(said.contains("interrupted while waiting for the lock"), "{said}");
+    common::assert_same_tree(&before, &common::snapshot(&cache), "after a wait ended by Ctrl-C");
+    drop(holder);
+}
+
+/// `strace` when it can trace here (CI installs it, and then it is required).
+fn strace() -> Option<&'static str> {
+    let works = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=none", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works || std::env::var("CI").as_deref() != Ok("true"),
+        "strace is missing or cannot trace, and CI=true (.ci/run installs it)"
+    );
+    works.then_some("strace")
+}
+
+/// In a container restarted on a persistent cache volume, pids repeat: a killed run's trash
+/// comes back under the very name this run's pid once gave it (`.safe-prune-trash-1` for a
+/// container's first process). The run makes a trash folder of its own, removes the old one
+/// as an unknown entry, and still renames every target into its trash in one step (checked on
+/// the system calls, under strace).
+#[test]
+fn a_leftover_trash_named_after_this_runs_pid_is_removed_and_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = bare_cache(tmp.path(), 5);
+    let leftover = cache.join(".safe-prune-trash-1");
+    std::fs::create_dir_all(leftover.join("0/lib")).unwrap();
+    std::fs::write(leftover.join("0/lib/mod.py"), "x = 1\n").unwrap();
+    std::fs::create_dir_all(leftover.join("1")).unwrap();
+    // One file per thread (`-ff`): calls on parallel threads are then never split in two lines.
+    let traces = tmp.path().join("trace");
+    std::fs::create_dir(&traces).unwrap();
+    let strace = strace();
+    let mut cmd = match strace {
+        Some(strace) => {
+            let mut cmd = Command::new(strace);
+            cmd.args(["-ff", "-qq", "-y", "-e", "trace=rename,renameat,renameat2", "-o"])
+                .arg(traces.join("t"))
+                .arg("unshare");
+            cmd
+        }
+        None => Command::new("unshare"),
+    };
+    // safe-prune is pid 1 of a new pid namespace, like a container's entry point.
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(common::bin())
+        .args(["--format", "json", "--cache-dir"])
+        .arg(&cache)
+        .stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], serde_json::json!([]), "{report:#}");
+    let mut targets: Vec<String> = (0..5).map(|i| format!("archive-v0/old{i}")).collect();
+    targets.push(".safe-prune-trash-1".into());
+    let removed: Vec<&str> =
+        report["removed_entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    for target in &targets {
+        assert!(removed.contains(&target.as_str()), "{target} not removed: {report:#}");
+        assert!(!cache.join(target).exists(), "{target} was reported removed but stayed");
+    }
+    let names: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with(".safe-prune-trash")), "trash left: {names:?}");
+    if strace.is_none() {
+        eprintln!("strace cannot trace here: the renames were not checked");
+        return;
+    }
+    // `renameat2(3</cache/archive-v0>, "old0", 5</cache/.safe-prune-trash-1-...>, "0", ...) = 0`
+    let trace: String = std::fs::read_dir(&traces)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let renames: Vec<&str> = trace.lines().filter(|l| l.contains("rename") && l.ends_with(" = 0")).collect();
+    for target in &targets {
+        let path = cache.join(target);
+        let from = format!(
+            "<{}>, \"{}\", ",
+            path.parent().unwrap().display(),
+            path.file_name().unwrap().to_string_lossy()
+        );
+        let into = format!("<{}/.safe-prune-trash-1-", cache.display());
+        assert!(
+            renames.iter().any(|l| l.contains(&from) && l.contains(&into)),
+            "{target} was not renamed into a new trash folder:\n{}",
+            renames.join("\n")
+        );
+    }
+}
