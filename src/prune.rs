@@ -90,7 +90,8 @@ pub fn open_cache(inputs: &locate::Inputs) -> Result<Result<Cache, String>, Fata
     let absolute =
         if located.path.is_absolute() { located.path.clone() } else { inputs.cwd.join(&located.path) };
     let display = report::user_display(&located.path, &inputs.cwd);
-    match absolute.symlink_metadata() {
+    // Following links, like uv's `exists()`: a dangling link is no cache either.
+    match absolute.metadata() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(display)),
         Err(e) => return Err(Fatal::Io(absolute, e)),
         Ok(_) => {}
@@ -183,9 +184,20 @@ pub fn run_planned(
     }
     // Protections, then the plan, then `--max-size` fitting; beside running uv the planner
     // judges each candidate as it lists it (see `concurrent`).
-    let concurrent = lock.concurrent();
+    // Beside running uv: uv holds the lock, or uv older than 0.8.19 (which never locks) is
+    // using the cache anyway.
+    let locked_out = lock.concurrent();
+    let beside_uv = |usage: &Usage| locked_out || !usage.lockless_uv.is_empty();
+    if !locked_out && !usage.lockless_uv.is_empty() && settings.verbose > 0 {
+        let pids: Vec<String> = usage.lockless_uv.iter().map(|p| p.to_string()).collect();
+        say(&format!(
+            "uv processes that take no cache lock (uv < 0.8.19) use this cache (pids {}): pruning beside them",
+            pids.join(", ")
+        ));
+    }
     let build = |usage: &Usage| {
         let mut protect = protect_from(usage);
+        let concurrent = beside_uv(usage);
         if concurrent {
             concurrent::protect(&cache.canonical, usage, settings.grace, &mut protect);
         }
@@ -219,11 +231,13 @@ pub fn run_planned(
         answers.restrict(&mut the_plan);
         shared = Some(answers);
     }
-    if !settings.dry_run && concurrent && !the_plan.targets.is_empty() {
+    if !settings.dry_run && beside_uv(&usage) && !the_plan.targets.is_empty() {
         // Look again right before removing, after planning and any wait for other hosts: a
         // process that started since the first scan (a `uvx` reusing an environment leaves
         // nothing else to see, and its uv parent we cannot lock out) is caught here.
         let again = scan(&cache, &settings.proc_root)?;
+        // A process that appeared since and cannot be read counts under `--strict` too.
+        strict_check(settings, &cache, &again)?;
         if merge_usage(&mut usage, again) {
             (the_plan, size_after) = build(&usage);
             if let Some(answers) = &shared {
@@ -245,7 +259,8 @@ pub fn run_planned(
         progress.clone(),
         the_plan.targets.len() as u64,
         settings.dry_run,
-        crate::progress::wanted(settings.json, settings.quiet),
+        // A scheduled run never draws one, even when someone runs its command in a terminal.
+        crate::progress::wanted(settings.json, settings.quiet || settings.schedule.scheduled),
     );
     let mut removed = Vec::new();
     let mut errors: Vec<ErrorEntry> = the_plan
@@ -293,7 +308,7 @@ pub fn run_planned(
     if size_after.is_some() && !settings.dry_run {
         size_after = Some(retention::measure(&cache.canonical));
     }
-    let mode = lock.mode().to_string();
+    let mode = if beside_uv(&usage) { "concurrent" } else { lock.mode() }.to_string();
     drop(lock);
 
     let mut kept_in_use = kept_in_use(&the_plan.kept, &usage);
@@ -371,6 +386,12 @@ fn merge_usage(usage: &mut Usage, again: Usage) -> bool {
         usage.closure.entry(entry).or_insert(via);
     }
     usage.summary = again.summary;
+    for pid in again.lockless_uv {
+        if !usage.lockless_uv.contains(&pid) {
+            new_entry = true;
+            usage.lockless_uv.push(pid);
+        }
+    }
     // A `uvx` that started since asks for its environment by name (`concurrent::protect`).
     for command in again.uv_commands {
         if !usage.uv_commands.contains(&command) {

@@ -82,6 +82,9 @@ pub struct Usage {
     pub summary: ProcessSummary,
     /// Command lines of running `uv`/`uvx` processes (pid, argv).
     pub uv_commands: Vec<(u32, Vec<Vec<u8>>)>,
+    /// Pids of those that use this cache without holding its `.lock` open: uv older than
+    /// 0.8.19, which never locks, so it may be writing the cache even while we hold the lock.
+    pub lockless_uv: Vec<u32>,
 }
 
 impl Usage {
@@ -142,6 +145,18 @@ impl<'a> CacheView<'a> {
             }
         }
         Some(rel)
+    }
+
+    /// True when `path` is the cache's own `.lock`, in any spelling.
+    pub fn is_cache_lock(&self, path: &[u8]) -> bool {
+        self.spellings.iter().any(|s| {
+            s.rel.as_os_str().is_empty()
+                && platform::under_root(path, &s.prefix)
+                && path[s.prefix.len()..]
+                    .split(|&b| b == b'/')
+                    .filter(|p| !p.is_empty() && *p != b".")
+                    .eq([&b".lock"[..]])
+        })
     }
 
     /// The entry containing cache-relative `rel` (None for the root and marker files).
@@ -297,6 +312,7 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
         .collect();
     let inodes =
         if wanted_inodes.is_empty() { InodeIndex::default() } else { inode_index(view, &wanted_inodes) };
+    let lock = std::fs::metadata(view.root.join(".lock")).ok().map(|m| (device_of(m.dev()), m.ino()));
     for process in &report.processes {
         let is_uv = process
             .argv
@@ -309,6 +325,14 @@ pub fn map_scan(view: &CacheView<'_>, report: &ScanReport) -> Usage {
         // these command lines, happens only while such a lock is held.
         if is_uv && !process.evidence.is_empty() {
             usage.uv_commands.push((process.pid, process.argv.clone()));
+            // uv < 0.8.19 takes no cache lock at all: holding ours does not keep it out.
+            let holds_lock = process.evidence.iter().any(|e| {
+                e.source == Source::Fd
+                    && ((e.by_path && view.is_cache_lock(&e.path)) || (lock.is_some() && e.dev_ino == lock))
+            });
+            if !holds_lock && process.pid != std::process::id() {
+                usage.lockless_uv.push(process.pid);
+            }
         }
         // A process holds few entries: a list beats a set, and needs no clone per evidence.
         let mut seen: Vec<(PathBuf, Source)> = Vec::new();

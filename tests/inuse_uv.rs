@@ -144,3 +144,28 @@ fn uv_0_6_2_prune_breaks_running_tool() {
     assert!(answer.starts_with("ModuleNotFoundError"), "{answer:?}");
     tool.kill_uv();
 }
+
+/// uv 0.6.2 takes no cache lock, so holding the lock exclusively does not keep it out: with a
+/// uv 0.6.2 command using the cache, safe-prune prunes as beside running uv (an entry younger
+/// than the grace period may be one it is writing), where uv's own prune would not look.
+#[test]
+fn a_running_uv_without_a_lock_is_pruned_beside() {
+    let env = TestEnv::new();
+    let uv062 = common::uv062();
+    let mut tool = running_sleepy(&env, &uv062);
+    let environment = tool.environment();
+    // What an install by that uv leaves for a moment: an archive not linked yet.
+    let fresh = env.cache.join("archive-v0/fresh-from-old-uv");
+    std::fs::create_dir_all(fresh.join("lib")).unwrap();
+
+    let out = env.run_safe_prune(&["-v", "--format", "json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["lock"], "concurrent", "{report:#}");
+    let dry = env.run_safe_prune(&["-v", "--dry-run"]);
+    assert!(stderr(&dry).contains("take no cache lock (uv < 0.8.19)"), "{}", show(&dry));
+    assert!(fresh.exists(), "the fresh archive was removed beside uv 0.6.2: {report:#}");
+    assert!(environment.exists(), "the running tool's environment was removed: {report:#}");
+    assert_eq!(tool.probe(), "ok sleepy 0.1");
+    tool.kill_uv();
+}
