@@ -133,10 +133,27 @@ fn assert_parity(env: &TestEnv, template: &Path, args: &[&str], label: &str) -> 
         ),
     );
 
+    // uv's own summary line, word for word: `Removed N files (X)` or `No unused entries found`.
+    let summary = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("Removed ") || l.starts_with("No unused entries found"))
+            .map(str::to_string)
+    };
+    let (uv_said, sp_said) = (stderr(&uv_out), stderr(&sp_out));
+    assert!(summary(&uv_said).is_some(), "{uv_said}");
+    assert_eq!(
+        summary(&sp_said),
+        summary(&uv_said),
+        "{label} {args:?}: uv said\n{uv_said}\nsafe-prune said\n{sp_said}"
+    );
+
     // Pruning a pruned cache changes nothing.
     let again = env.safe_prune_on(&by_sp, args);
     assert!(again.status.success(), "second safe-prune failed:\n{}", show(&again));
     assert_same_tree(&actual, &snapshot(&by_sp), &format!("{label}: second safe-prune"));
+    let uv_again = env.uv_prune(&common::uv(), &by_uv, args);
+    assert_eq!(summary(&stderr(&again)), summary(&stderr(&uv_again)), "{label}: second prunes");
+    assert_eq!(summary(&stderr(&again)).as_deref(), Some("No unused entries found"), "{label}");
     (before, expected)
 }
 
