@@ -295,3 +295,35 @@ fn shim_install_completions_and_man() {
     let out = env.run_safe_prune(&["man"]);
     assert!(out.status.success() && out.stdout.starts_with(b".ie"), "{}", show(&out));
 }
+
+/// Installed as `uvx` too, safe-prune hands every `uvx` command to the real `uvx` (the one
+/// beside the real uv): `uvx` is `uv tool run`, never a prune.
+#[test]
+fn uvx_reaches_the_real_uvx_unchanged() {
+    let env = TestEnv::new();
+    let real_uvx = common::uv().with_file_name("uvx");
+    assert!(real_uvx.is_file(), "no uvx beside {}", common::uv().display());
+    std::os::unix::fs::symlink(&real_uvx, env.root.join("bin/uvx")).unwrap();
+    let shim = env.root.join("shim-uvx");
+    std::fs::create_dir(&shim).unwrap();
+    std::os::unix::fs::symlink(common::bin(), shim.join("uvx")).unwrap();
+    let through_shim = |args: &[&str]| {
+        let mut cmd = env.command(shim.join("uvx"));
+        let inherited = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![shim.clone(), env.root.join("bin")];
+        dirs.extend(std::env::split_paths(&inherited));
+        run(cmd.env("PATH", std::env::join_paths(dirs).unwrap()).args(args))
+    };
+    for args in [&["--version"][..], &["--help"], &["cache", "prune"]] {
+        let real = run(env.command(&real_uvx).args(args));
+        let shim = through_shim(args);
+        assert_eq!(shim.status.code(), real.status.code(), "uvx {args:?}\n{}", show(&shim));
+        assert_eq!(shim.stdout, real.stdout, "uvx {args:?}: stdout differs\n{}", show(&shim));
+        assert_eq!(shim.stderr, real.stderr, "uvx {args:?}: stderr differs\n{}", show(&shim));
+    }
+    // A real tool run through it.
+    let wheels = env.wheels.to_string_lossy().into_owned();
+    let out =
+        through_shim(&["--offline", "--find-links", &wheels, "--from", "sleepy==0.1", "sleepy", "--once"]);
+    assert!(out.status.success() && out.stdout.starts_with(b"ready"), "{}", show(&out));
+}
