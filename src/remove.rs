@@ -27,7 +27,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -135,15 +135,48 @@ enum TrashError {
 }
 
 impl TrashError {
-    fn message(&self, rel: &Path) -> String {
+    fn message(&self) -> String {
         match self {
-            TrashError::Create(e) => {
-                format!("cannot make a trash folder to remove {}: {}", rel.display(), errno_msg(*e))
-            }
-            TrashError::Move(e) => {
-                format!("cannot move {} into the trash folder: {}", rel.display(), errno_msg(*e))
-            }
+            TrashError::Create(e) => format!("cannot make a trash folder to remove it: {}", errno_msg(*e)),
+            TrashError::Move(e) => format!("cannot move it into the trash folder: {}", errno_msg(*e)),
         }
+    }
+}
+
+/// A failure while emptying a directory: what failed, on which path below the entry being
+/// removed (empty: the entry itself), and why. The report names the entry beside the message,
+/// so the message names only what lies below it.
+#[derive(Debug)]
+struct Failure {
+    what: &'static str,
+    inner: PathBuf,
+    cause: String,
+}
+
+impl Failure {
+    /// `what` failed on the directory being emptied itself.
+    fn here(what: &'static str, e: rustix::io::Errno) -> Self {
+        Failure { what, inner: PathBuf::new(), cause: errno_msg(e) }
+    }
+
+    /// `what` failed on `child` of the directory being emptied.
+    fn at(what: &'static str, child: &CStr, e: rustix::io::Errno) -> Self {
+        Failure { what, inner: PathBuf::from(OsStr::from_bytes(child.to_bytes())), cause: errno_msg(e) }
+    }
+
+    /// The same failure seen from the parent of `dir`.
+    fn below(mut self, dir: &CStr) -> Self {
+        self.inner = Path::new(OsStr::from_bytes(dir.to_bytes())).join(&self.inner);
+        self
+    }
+
+    fn into_error(self) -> RemoveError {
+        let message = if self.inner.as_os_str().is_empty() {
+            format!("{}: {}", self.what, self.cause)
+        } else {
+            format!("{} {}: {}", self.what, self.inner.display(), self.cause)
+        };
+        RemoveError { message }
     }
 }
 
@@ -250,28 +283,28 @@ impl Remover {
             match open_dir(at, name) {
                 Ok(fd) => parent = Some(fd),
                 Err(rustix::io::Errno::NOENT) => return Ok(Counts::default()),
-                Err(e) => return Err(fail(format!("cannot open {}: {}", rel.display(), errno_msg(e)))),
+                Err(e) => return Err(fail(format!("cannot open its parent directory: {}", errno_msg(e)))),
             }
         }
         let parent_fd = parent.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
         let stat = match rustix::fs::statat(parent_fd, leaf.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => stat,
             Err(rustix::io::Errno::NOENT) => return Ok(Counts::default()),
-            Err(e) => return Err(fail(format!("cannot stat {}: {}", rel.display(), errno_msg(e)))),
+            Err(e) => return Err(fail(format!("cannot stat: {}", errno_msg(e)))),
         };
         if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
             let counts = file_counts(&stat);
             if !self.dry_run {
                 match rustix::fs::unlinkat(parent_fd, leaf.as_c_str(), AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                    Err(e) => return Err(fail(format!("cannot remove {}: {}", rel.display(), errno_msg(e)))),
+                    Err(e) => return Err(fail(format!("cannot remove: {}", errno_msg(e)))),
                 }
             }
             self.tick(&counts);
             return Ok(counts);
         }
         if self.dry_run {
-            return self.empty_dir(parent_fd, leaf, true).map_err(|(c, e)| (c, prefixed(rel, e)));
+            return self.empty_dir(parent_fd, leaf, true).map_err(|(c, e)| (c, e.into_error()));
         }
         // Move the directory out of the way in one atomic step, then empty it from the trash.
         let (dir_at, dir_name) = match self.to_trash(parent_fd, leaf, stat.st_mode) {
@@ -279,10 +312,10 @@ impl Remover {
             Ok(Moved::Vanished) => return Ok(Counts::default()),
             Ok(Moved::InPlace) => (None, leaf.clone()),
             // Left whole where it was: deleting it in place could leave half an entry behind.
-            Err(e) => return Err(fail(e.message(rel))),
+            Err(e) => return Err(fail(e.message())),
         };
         let at = dir_at.as_ref().map_or(parent_fd, |t| t.as_fd());
-        self.empty_dir(at, &dir_name, false).map_err(|(c, e)| (c, prefixed(rel, e)))
+        self.empty_dir(at, &dir_name, false).map_err(|(c, e)| (c, e.into_error()))
     }
 
     /// Rename directory `parent/leaf` (of mode `mode`) into this run's trash folder.
@@ -381,15 +414,9 @@ impl Remover {
     }
 
     /// Empty and remove directory `at/name` (or only measure it).
-    fn empty_dir(
-        &self,
-        at: BorrowedFd<'_>,
-        name: &CStr,
-        measure: bool,
-    ) -> Result<Counts, (Counts, RemoveError)> {
-        let fail = |counts: Counts, what: &str, e: rustix::io::Errno| {
-            (counts, RemoveError { message: format!("{what} {}: {}", name.to_string_lossy(), errno_msg(e)) })
-        };
+    fn empty_dir(&self, at: BorrowedFd<'_>, name: &CStr, measure: bool) -> Result<Counts, (Counts, Failure)> {
+        let fail =
+            |counts: Counts, what: &'static str, e: rustix::io::Errno| (counts, Failure::here(what, e));
         let fd = match open_dir(at, name) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(Counts::default()),
@@ -406,7 +433,7 @@ impl Remover {
         };
         let mut counts = Counts::default();
         let mut subdirs: Vec<CString> = Vec::new();
-        let mut first_error: Option<RemoveError> = None;
+        let mut first_error: Option<Failure> = None;
         // Read through the handle itself (no `dup`): it is read once, from the start.
         let mut buf: Vec<u8> = Vec::with_capacity(DIR_BUF);
         let mut dir = RawDir::new(fd.as_fd(), buf.spare_capacity_mut());
@@ -414,9 +441,7 @@ impl Remover {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
-                    first_error.get_or_insert(RemoveError {
-                        message: format!("cannot read {}: {}", name.to_string_lossy(), errno_msg(e)),
-                    });
+                    first_error.get_or_insert(Failure::here("cannot read", e));
                     break;
                 }
             };
@@ -436,9 +461,7 @@ impl Remover {
                     }
                     Err(rustix::io::Errno::NOENT) => continue,
                     Err(e) => {
-                        first_error.get_or_insert(RemoveError {
-                            message: format!("cannot stat {}: {}", child.to_string_lossy(), errno_msg(e)),
-                        });
+                        first_error.get_or_insert(Failure::at("cannot stat", child, e));
                         continue;
                     }
                 }
@@ -452,9 +475,7 @@ impl Remover {
                 match rustix::fs::unlinkat(&fd, child, AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                     Err(e) => {
-                        first_error.get_or_insert(RemoveError {
-                            message: format!("cannot remove {}: {}", child.to_string_lossy(), errno_msg(e)),
-                        });
+                        first_error.get_or_insert(Failure::at("cannot remove", child, e));
                         continue;
                     }
                 }
@@ -471,12 +492,12 @@ impl Remover {
         } else {
             subdirs.iter().map(|sub| self.empty_dir(fd.as_fd(), sub, measure)).collect()
         };
-        for result in results {
+        for (sub, result) in subdirs.iter().zip(results) {
             match result {
                 Ok(c) => counts += c,
                 Err((c, e)) => {
                     counts += c;
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(e.below(sub));
                 }
             }
         }
@@ -530,10 +551,6 @@ fn chmod_dir_by_handle(at: BorrowedFd<'_>, name: &CStr, mode: Mode) -> rustix::i
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn chmod_dir_by_handle(_at: BorrowedFd<'_>, _name: &CStr, _mode: Mode) -> rustix::io::Result<()> {
     Err(Errno::OPNOTSUPP)
-}
-
-fn prefixed(rel: &Path, e: RemoveError) -> RemoveError {
-    RemoveError { message: format!("{}: {}", rel.display(), e.message) }
 }
 
 #[cfg(test)]
