@@ -204,8 +204,27 @@ fn built_for(root: &Path, rel: &Path, package: &str) -> bool {
         }
     }
     candidates.iter().any(|file| {
-        fs::read(file).ok().and_then(|bytes| metadata_name(&bytes)).is_some_and(|name| name == package)
+        read_metadata(file).and_then(|bytes| metadata_name(&bytes)).is_some_and(|name| name == package)
     })
+}
+
+/// Upper bound on a `metadata.msgpack` (uv's hold one distribution's core metadata: KiBs).
+const MAX_METADATA: u64 = 8 << 20;
+
+/// A `metadata.msgpack` read the way the planner reads files in the cache: never through a
+/// symlink, never blocking on a FIFO, regular files only, at most [`MAX_METADATA`] bytes, so a
+/// FIFO or a link to `/dev/zero` under that name cannot hang a clean or exhaust its memory
+/// (uv itself follows links and reads whole files). Anything else, or a larger file, names no
+/// package: its revision is not one of the package's entries, and stays.
+fn read_metadata(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = crate::names::open_quietly(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_METADATA + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= MAX_METADATA).then_some(bytes)
 }
 
 /// The normalized package name in a `metadata.msgpack` (uv's `ResolutionMetadata`, written
@@ -364,7 +383,7 @@ pub fn normalize_package_name(text: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::plan::KeepReason;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, FileTypeExt};
 
     fn rels(plan: &Plan) -> Vec<String> {
         plan.targets.iter().map(|t| t.rel.display().to_string()).collect()
@@ -478,6 +497,39 @@ mod tests {
         assert!(!rels(&p).iter().any(|r| r == "archive-v0/tiny" || r == "wheels-v7/pypi/tinylib"));
         assert!(p.kept.contains_key(Path::new("wheels-v7/pypi/tinylib/1.0-py3-none-any")));
         assert!(rels(&p).contains(&"wheels-v7/index/abc/tinylib".to_string()));
+    }
+
+    /// A FIFO, a link to `/dev/zero` and an oversized file named `metadata.msgpack` name no
+    /// package (and do not hang the plan or fill memory); a real one beside them still counts.
+    #[test]
+    fn unreadable_metadata_names_no_package() {
+        let (_tmp, root) = cache();
+        for rev in ["sdists-v10/path/fifo/rev", "sdists-v10/path/zero/rev", "sdists-v10/git/repo/big"] {
+            fs::create_dir_all(root.join(rev)).unwrap();
+        }
+        let fifo = root.join("sdists-v10/path/fifo/rev/metadata.msgpack");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        symlink("/dev/zero", root.join("sdists-v10/path/zero/rev/metadata.msgpack")).unwrap();
+        // A valid name followed by padding up to one byte over the bound.
+        let mut big = encode(&Value::Array(vec![Value::from("localpkg"), Value::from("1.0")]));
+        big.resize(usize::try_from(MAX_METADATA).unwrap() + 1, 0);
+        fs::write(root.join("sdists-v10/git/repo/big/metadata.msgpack"), &big).unwrap();
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let planned = root.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(plan(&planned, &["localpkg".into()], &Protect::default(), false));
+        });
+        let p = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the plan hangs on a FIFO");
+        assert_eq!(rels(&p), ["sdists-v10/path/p1", "flat-index-v7", "archive-v0/local"]);
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+
+        // At the bound exactly, the file is read.
+        big.truncate(usize::try_from(MAX_METADATA).unwrap());
+        fs::write(root.join("sdists-v10/git/repo/big/metadata.msgpack"), &big).unwrap();
+        let p = plan(&root, &["localpkg".into()], &Protect::default(), false);
+        assert!(rels(&p).contains(&"sdists-v10/git/repo/big".to_string()), "{:?}", rels(&p));
     }
 
     #[test]

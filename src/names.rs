@@ -820,7 +820,7 @@ pub fn read_quietly(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 
 /// Open for reading: never through a symlink, never blocking on a FIFO, without touching the
 /// access time where allowed (`O_NOATIME` is refused for other users' files: then normally).
-fn open_quietly(path: &Path) -> std::io::Result<fs::File> {
+pub(crate) fn open_quietly(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     #[cfg(target_os = "linux")]
