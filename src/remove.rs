@@ -33,7 +33,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, RawMode};
+#[cfg(target_os = "linux")]
+use rustix::fs::RawDir;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawMode};
 use rustix::io::Errno;
 
 /// What a removal took away.
@@ -94,6 +96,7 @@ pub fn default_threads() -> usize {
 }
 
 /// `getdents64` buffer per directory read; small directories take one call.
+#[cfg(target_os = "linux")]
 const DIR_BUF: usize = 8 * 1024;
 
 struct Trash {
@@ -414,6 +417,8 @@ impl Remover {
     }
 
     /// Empty and remove directory `at/name` (or only measure it).
+    // The `readdir` stream used off Linux is an iterator; the loop below serves both.
+    #[cfg_attr(not(target_os = "linux"), allow(clippy::while_let_on_iterator))]
     fn empty_dir(&self, at: BorrowedFd<'_>, name: &CStr, measure: bool) -> Result<Counts, (Counts, Failure)> {
         let fail =
             |counts: Counts, what: &'static str, e: rustix::io::Errno| (counts, Failure::here(what, e));
@@ -435,8 +440,17 @@ impl Remover {
         let mut subdirs: Vec<CString> = Vec::new();
         let mut first_error: Option<Failure> = None;
         // Read through the handle itself (no `dup`): it is read once, from the start.
+        #[cfg(target_os = "linux")]
         let mut buf: Vec<u8> = Vec::with_capacity(DIR_BUF);
+        #[cfg(target_os = "linux")]
         let mut dir = RawDir::new(fd.as_fd(), buf.spare_capacity_mut());
+        // Elsewhere (macOS) there is no `getdents64`: a `readdir` stream on a second handle to
+        // the same directory (`openat(fd, ".")`, which cannot be a link).
+        #[cfg(not(target_os = "linux"))]
+        let mut dir = match rustix::fs::Dir::read_from(&fd) {
+            Ok(dir) => dir,
+            Err(e) => return Err(fail(Counts::default(), "cannot open", e)),
+        };
         while let Some(entry) = dir.next() {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -483,8 +497,12 @@ impl Remover {
             self.tick(&file);
             counts += file;
         }
-        // The listing is done (its buffer goes with it) before descending.
+        // The listing is done (its buffer, or its stream and handle, go with it) before
+        // descending.
+        #[cfg(target_os = "linux")]
         drop(buf);
+        #[cfg(not(target_os = "linux"))]
+        drop(dir);
         // Subdirectories in parallel: rayon's work stealing spreads a deep or wide tree
         // across threads without oversubscribing them.
         let results: Vec<_> = if subdirs.len() > 1 {
