@@ -631,7 +631,7 @@ fn needs(view: &CacheView<'_>, rel: &Path) -> Needs {
             complete &= listed;
             for pth in pth_files {
                 match crate::names::read_quietly(&pth, 1 << 20) {
-                    Ok(text) => paths.extend(text.split(|&b| b == b'\n').map(|l| trim(l).to_vec())),
+                    Ok(text) => paths.extend(text.split(|&b| b == b'\n').flat_map(pth_paths)),
                     Err(e) => complete &= absent(&e),
                 }
             }
@@ -647,6 +647,85 @@ fn trim(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &b[start..end.max(start)]
+}
+
+/// The paths one line of a `.pth` file adds: the line itself when it is a path, or, for a
+/// line of code (`import site; site.addsitedir(__import__("os").fsdecode(b"/c/archive-v0/x/
+/// lib/python3.12/site-packages"))`, what uv 0.13.8 writes), every bytes literal in it, with
+/// Python's escapes decoded (a non-UTF-8 path is written with `\xNN`).
+fn pth_paths(line: &[u8]) -> Vec<Vec<u8>> {
+    let line = trim(line);
+    if line.is_empty() || line.starts_with(b"#") {
+        return Vec::new();
+    }
+    if !(line.starts_with(b"import ") || line.starts_with(b"import\t")) {
+        return vec![line.to_vec()];
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 1 < line.len() {
+        let quote = line[i + 1];
+        let starts = matches!(line[i], b'b' | b'B')
+            && matches!(quote, b'"' | b'\'')
+            && (i == 0 || !(line[i - 1].is_ascii_alphanumeric() || line[i - 1] == b'_'));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let (value, end) = bytes_literal(line, i + 2, quote);
+        out.extend(value);
+        i = end;
+    }
+    out
+}
+
+/// The value of a Python bytes literal whose body starts at `start` and ends at `quote`, and
+/// where reading stopped; `None` for an unterminated literal.
+fn bytes_literal(line: &[u8], start: usize, quote: u8) -> (Option<Vec<u8>>, usize) {
+    let mut value = Vec::new();
+    let mut i = start;
+    while i < line.len() {
+        match line[i] {
+            b if b == quote => return (Some(value), i + 1),
+            b'\\' if i + 1 < line.len() => {
+                let e = line[i + 1];
+                i += 2;
+                let hex = |d: &[u8]| std::str::from_utf8(d).ok().and_then(|d| u8::from_str_radix(d, 16).ok());
+                match e {
+                    b'x' => match line.get(i..i + 2).and_then(hex) {
+                        Some(b) => {
+                            value.push(b);
+                            i += 2;
+                        }
+                        None => value.extend_from_slice(b"\\x"),
+                    },
+                    b'0'..=b'7' => {
+                        let digits =
+                            line[i - 1..].iter().take(3).take_while(|d| (b'0'..=b'7').contains(d)).count();
+                        let n =
+                            line[i - 1..i - 1 + digits].iter().fold(0u32, |n, d| n * 8 + u32::from(d - b'0'));
+                        value.push(n as u8);
+                        i += digits - 1;
+                    }
+                    b'n' => value.push(b'\n'),
+                    b'r' => value.push(b'\r'),
+                    b't' => value.push(b'\t'),
+                    b'a' => value.push(7),
+                    b'b' => value.push(8),
+                    b'f' => value.push(12),
+                    b'v' => value.push(11),
+                    b'\n' => {}
+                    b'\\' | b'\'' | b'"' => value.push(e),
+                    other => value.extend_from_slice(&[b'\\', other]),
+                }
+            }
+            b => {
+                value.push(b);
+                i += 1;
+            }
+        }
+    }
+    (None, line.len())
 }
 
 /// `lib/python*/site-packages/_uv_ephemeral_overlay.pth` (and `Lib/site-packages` layouts),
@@ -731,6 +810,58 @@ mod tests {
 35 22 254:0 /home/u/.cache/uv /mnt/cache rw - ext4 /dev/vda rw\n\
 36 22 254:0 /home/u/.cache/uv/archive-v0/abc /srv/tool\\040env rw - ext4 /dev/vda rw\n\
 37 22 0:5 / /proc rw - proc proc rw\n";
+
+    /// uv 0.13.8's overlay `.pth` is a line of code naming the base environment's
+    /// site-packages in a bytes literal; older ones, and hand-made ones, are plain paths.
+    #[test]
+    fn overlay_pth_lines() {
+        let line = br#"import site; site.addsitedir(__import__("os").fsdecode(b"/c/archive-v0/X/lib/python3.11/site-packages")); site.addsitedir(__import__("os").fsdecode(b"/usr/lib/python3.11/site-packages"))"#;
+        assert_eq!(
+            pth_paths(line),
+            [
+                b"/c/archive-v0/X/lib/python3.11/site-packages".to_vec(),
+                b"/usr/lib/python3.11/site-packages".to_vec()
+            ]
+        );
+        assert_eq!(
+            pth_paths(br#"import site; site.addsitedir(b'/c/a\xff\\q\'\101z')"#),
+            [b"/c/a\xff\\q'Az".to_vec()]
+        );
+        assert_eq!(pth_paths(b"  /c/archive-v0/Y/lib  "), [b"/c/archive-v0/Y/lib".to_vec()]);
+        assert!(pth_paths(b"# comment").is_empty() && pth_paths(b"").is_empty());
+        // Not a bytes literal: `sub"x"`; unterminated: nothing.
+        assert!(pth_paths(br#"import x; sub"/c/a"; f(b"/c/unterminated"#).is_empty());
+    }
+
+    /// A running `uv run --with` overlay (`builds-v0/<tmp>`) needs the cached environment its
+    /// `.pth` names, even where nothing else of the process shows it.
+    #[test]
+    fn an_overlay_needs_the_environment_its_pth_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let base = root.join("archive-v0/BASE/lib/python3.11/site-packages");
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(root.join("archive-v0/BASE/pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        let site = root.join("builds-v0/.tmpOVL/lib/python3.11/site-packages");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(
+            root.join("builds-v0/.tmpOVL/pyvenv.cfg"),
+            "home = /usr/bin\nextends-environment = /usr\n",
+        )
+        .unwrap();
+        let line = format!(
+            "import site; site.addsitedir(__import__(\"os\").fsdecode(b\"{}\")); site.addsitedir(b\"/usr/lib\")\n",
+            base.display()
+        );
+        std::fs::write(site.join("_uv_ephemeral_overlay.pth"), line).unwrap();
+        let view = CacheView::new(&root, &root, None);
+        let needed = closure(&view, vec![PathBuf::from("builds-v0/.tmpOVL")]);
+        assert_eq!(
+            needed.get(Path::new("archive-v0/BASE")),
+            Some(&PathBuf::from("builds-v0/.tmpOVL")),
+            "{needed:?}"
+        );
+    }
 
     #[test]
     fn bind_mount_aliases_from_mountinfo() {

@@ -441,15 +441,27 @@ fn keeps_a_uv_run_with_overlay_and_its_base() {
     assert!(out.status.success(), "{}", show(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(overlay.join("pyvenv.cfg").exists(), "the overlay in builds-v0 was removed: {report:#}");
-    // The overlay extends a cached environment in archive-v0: kept through the closure.
-    let cfg = std::fs::read_to_string(overlay.join("pyvenv.cfg")).unwrap();
-    let base = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("extends-environment = "))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no extends-environment in the overlay's pyvenv.cfg:\n{cfg}"));
-    assert!(base.starts_with(env.cache.join("archive-v0")), "{base:?}");
-    assert!(base.exists(), "the base environment {base:?} of the overlay was removed: {report:#}");
+    // The overlay's `.pth` names the cached environment the `--with` packages live in, in
+    // archive-v0: kept (the running process also lists it in PATH; the closure alone would
+    // keep it too, see usage.rs's tests).
+    let pth = glob_one(&overlay, "lib/*/site-packages/_uv_ephemeral_overlay.pth");
+    let text = std::fs::read_to_string(&pth).unwrap();
+    let archives = env.cache.join("archive-v0");
+    let base_id = text
+        .split(&format!("{}/", archives.display()))
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no archive-v0 environment in {}:\n{text}", pth.display()));
+    let base = archives.join(base_id);
+    assert!(
+        base.join("pyvenv.cfg").exists(),
+        "the base environment {base:?} of the overlay was removed: {report:#}"
+    );
+    let rel = format!("archive-v0/{base_id}");
+    assert!(
+        report["kept_in_use"].as_array().unwrap().iter().any(|k| k["path"] == rel.as_str()),
+        "{rel} not reported as kept in use: {report:#}"
+    );
     std::fs::write(&trigger, b"").unwrap();
     let result = PathBuf::from(format!("{}.result", trigger.display()));
     assert!(common::process::wait_until(Duration::from_secs(20), || result.exists()));
