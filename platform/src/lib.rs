@@ -166,7 +166,8 @@ pub struct ScanRequest {
     pub devices: Vec<Device>,
     /// procfs mount point (Linux; tests point it elsewhere). Ignored on macOS.
     pub proc_root: PathBuf,
-    /// Processes not to report (safe-prune itself).
+    /// Processes not to report. safe-prune passes none: its own process is evidence like any
+    /// other (`uvx safe-prune` runs from the cache it prunes).
     pub skip_pids: Vec<u32>,
     /// Keep `argv` of processes whose `argv[0]` base name is one of these (e.g. `uv`, `uvx`),
     /// even when they show no evidence.
