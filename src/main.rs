@@ -218,9 +218,7 @@ fn execute(op: &Operation, settings: &prune::Settings, title: &str) -> u8 {
         prune::Outcome::Done(report) => report,
     };
     if settings.json {
-        let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer(&mut out, &report);
-        let _ = writeln!(out);
+        print_json(&report);
     } else if !settings.quiet {
         print_human(&report, settings.verbose, empty);
     } else {
@@ -333,6 +331,14 @@ fn print_human(report: &report::PruneReport, verbose: u8, empty: &str) {
     print_errors(&mut err, &report.errors);
 }
 
+/// One JSON document and a newline on stdout, in one write: stdout is line-buffered, and a
+/// report of thousands of entries would otherwise go out in a write per kilobyte.
+fn print_json(value: &impl serde::Serialize) {
+    let mut text = serde_json::to_vec(value).unwrap_or_default();
+    text.push(b'\n');
+    let _ = std::io::stdout().lock().write_all(&text);
+}
+
 /// One `error:` line per entry that could not be removed (and per run-wide error).
 fn print_errors(err: &mut impl Write, errors: &[report::ErrorEntry]) {
     for e in errors {
@@ -391,7 +397,7 @@ fn run_in_use(args: &CacheArgs) -> u8 {
             "in_use": entries,
             "processes": usage.summary,
         });
-        println!("{doc}");
+        print_json(&doc);
         return exit::OK;
     }
     if args.quiet {
@@ -445,9 +451,7 @@ fn run_du(args: &cli::DuArgs) -> u8 {
         Err(e) => return fatal_run(json, &inputs, e, exit::FATAL),
     };
     if json {
-        let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer(&mut out, &report);
-        let _ = writeln!(out);
+        print_json(&report);
     } else if !args.cache.quiet {
         let _ = write!(std::io::stdout().lock(), "{}", du::human(&report, args.cache.verbose));
         let _ = write!(std::io::stderr(), "{}", report::uninspectable_lines(&report.processes));
