@@ -421,21 +421,10 @@ fn keeps_a_running_tool_beside_its_live_uv_parent_without_waiting() {
 fn keeps_a_uv_run_with_overlay_and_its_base() {
     become_subreaper();
     let env = TestEnv::new();
-    let trigger = env.root.join("overlay-trigger");
-    let mut cmd = env.command(common::uv());
-    cmd.args(["run", "--offline", "--find-links"])
-        .arg(&env.wheels)
-        .args(["--no-project", "--with", "sleepy==0.1", "sleepy", "--trigger"])
-        .arg(&trigger)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut uv_child = Child(cmd.spawn().unwrap());
-    let lines = common::process::line_reader(uv_child.0.stdout.take().unwrap());
-    let ready = common::process::wait_for_line(&lines, "ready", Duration::from_secs(60));
-    let pid: u32 = ready.strip_prefix("ready pid=").and_then(|p| p.trim().parse().ok()).unwrap();
-    let _guard = common::process::PidGuard(pid);
-    let overlay = std::fs::read_dir(env.cache.join("builds-v0")).unwrap().next().unwrap().unwrap().path();
-    uv_child.kill();
+    let mut tool = env.spawn_run_with("sleepy==0.1", "sleepy");
+    let overlay = tool.environment();
+    assert!(overlay.starts_with(env.cache.join("builds-v0")), "{overlay:?} is no overlay in builds-v0");
+    tool.kill_uv();
 
     let out = env.run_safe_prune(&["--format", "json"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -462,10 +451,7 @@ fn keeps_a_uv_run_with_overlay_and_its_base() {
         report["kept_in_use"].as_array().unwrap().iter().any(|k| k["path"] == rel.as_str()),
         "{rel} not reported as kept in use: {report:#}"
     );
-    std::fs::write(&trigger, b"").unwrap();
-    let result = PathBuf::from(format!("{}.result", trigger.display()));
-    assert!(common::process::wait_until(Duration::from_secs(20), || result.exists()));
-    assert_eq!(std::fs::read_to_string(&result).unwrap(), "ok sleepy 0.1");
+    assert_eq!(tool.probe(), "ok sleepy 0.1");
 }
 
 /// `UV_LINK_MODE=symlink`: the running tool's environment is made of links into the wheel

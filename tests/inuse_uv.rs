@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::{alive, become_subreaper, parent_of, Child};
+use common::process::{alive, become_subreaper, parent_of};
 use common::{show, stderr, TestEnv};
 
 /// Starts `sleepy` 0.1 under `uv tool run` and checks the probe works before any prune.
@@ -65,31 +63,17 @@ fn uv_prune_breaks_running_tool() {
 fn uv_prune_breaks_a_uv_run_with_overlay() {
     become_subreaper();
     let env = TestEnv::new();
-    let trigger = env.root.join("overlay-trigger");
-    let mut cmd = env.command(common::uv());
-    cmd.args(["run", "--offline", "--find-links"])
-        .arg(&env.wheels)
-        .args(["--no-project", "--with", "sleepy==0.1", "sleepy", "--trigger"])
-        .arg(&trigger)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut uv = Child(cmd.spawn().unwrap());
-    let lines = common::process::line_reader(uv.0.stdout.take().unwrap());
-    let ready = common::process::wait_for_line(&lines, "ready", Duration::from_secs(60));
-    let pid: u32 = ready.strip_prefix("ready pid=").and_then(|p| p.trim().parse().ok()).unwrap();
-    let _guard = common::process::PidGuard(pid);
-    let overlay = std::fs::read_dir(env.cache.join("builds-v0")).unwrap().next().unwrap().unwrap().path();
+    let mut tool = env.spawn_run_with("sleepy==0.1", "sleepy");
+    let overlay = tool.environment();
+    assert!(overlay.starts_with(env.cache.join("builds-v0")), "{overlay:?} is no overlay in builds-v0");
     assert!(overlay.join("pyvenv.cfg").is_file(), "{overlay:?} is no overlay venv");
-    uv.kill();
-    assert!(alive(pid), "the tool died with its uv parent");
+    tool.kill_uv();
+    assert!(alive(tool.pid()), "the tool died with its uv parent");
 
     let out = env.uv_cmd().args(["cache", "prune", "-v"]).env("UV_LOCK_TIMEOUT", "20").output().unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(!overlay.exists(), "uv kept the running overlay {overlay:?}\n{}", show(&out));
-    std::fs::write(&trigger, b"").unwrap();
-    let result = PathBuf::from(format!("{}.result", trigger.display()));
-    assert!(common::process::wait_until(Duration::from_secs(20), || result.exists()), "no answer");
-    let answer = std::fs::read_to_string(&result).unwrap();
+    let answer = tool.probe();
     assert!(answer.starts_with("ModuleNotFoundError"), "expected a broken tool, it answered {answer:?}");
 }
 

@@ -310,10 +310,30 @@ impl TestEnv {
         script: &str,
         vars: &[(&str, &str)],
     ) -> RunningTool {
-        let trigger = self.root.join(self.unique("trigger"));
-        let stderr_path = self.root.join(self.unique("tool-stderr"));
         let mut cmd = self.tool_run_cmd(uv, from, script, &[]);
         cmd.envs(vars.iter().copied());
+        self.spawn_probed(cmd, from)
+    }
+
+    /// Starts `uv run --no-project --with <with> <script>` (uv 0.13.8): the script runs
+    /// from an overlay environment in `builds-v0` on top of a cached one in `archive-v0`;
+    /// [`RunningTool::environment`] is the overlay.
+    pub fn spawn_run_with(&self, with: &str, script: &str) -> RunningTool {
+        let mut cmd = self.command(uv());
+        cmd.args(["run", "--offline", "--find-links"]).arg(&self.wheels).args([
+            "--no-project",
+            "--with",
+            with,
+            script,
+        ]);
+        self.spawn_probed(cmd, with)
+    }
+
+    /// Runs `cmd` (a uv command starting a test console script) with `--trigger`, and waits
+    /// for the script's "ready" line.
+    fn spawn_probed(&self, mut cmd: Command, what: &str) -> RunningTool {
+        let trigger = self.root.join(self.unique("trigger"));
+        let stderr_path = self.root.join(self.unique("tool-stderr"));
         cmd.arg("--trigger")
             .arg(&trigger)
             .stdin(Stdio::null())
@@ -326,7 +346,7 @@ impl TestEnv {
         }))
         .unwrap_or_else(|_| {
             panic!(
-                "{from} did not become ready; uv stderr:\n{}",
+                "{what} did not become ready; uv stderr:\n{}",
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             )
         });
