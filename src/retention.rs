@@ -188,15 +188,11 @@ pub fn atime_mode(mountinfo: Option<&[u8]>, root: &Path) -> AtimeMode {
     let Some(info) = mountinfo else { return AtimeMode::Always };
     let root = root.as_os_str().as_bytes();
     let mut best: Option<(usize, AtimeMode)> = None;
-    for line in info.split(|&b| b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let (Some(mount_point), Some(options)) = (fields.get(4), fields.get(5)) else { continue };
-        let mount_point = unescape_mountinfo(mount_point);
-        let mp = mount_point.strip_suffix(b"/").unwrap_or(&mount_point);
-        let contains = root == mp || (root.starts_with(mp) && root.get(mp.len()) == Some(&b'/'));
+    for mount in platform::mountinfo::mounts(info) {
+        let mp = &mount.mount_point;
         // Later lines are mounted over earlier ones at the same point.
-        if contains && best.is_none_or(|(len, _)| mp.len() >= len) {
-            let has = |wanted: &[u8]| options.split(|&b| b == b',').any(|o| o == wanted);
+        if platform::under_root(root, mp) && best.is_none_or(|(len, _)| mp.len() >= len) {
+            let has = |wanted: &[u8]| mount.options.split(|&b| b == b',').any(|o| o == wanted);
             let mode = if has(b"noatime") {
                 AtimeMode::Never
             } else if has(b"relatime") {
@@ -208,27 +204,6 @@ pub fn atime_mode(mountinfo: Option<&[u8]>, root: &Path) -> AtimeMode {
         }
     }
     best.map_or(AtimeMode::Always, |(_, mode)| mode)
-}
-
-/// Undo mountinfo's octal escapes (`\040` is a space).
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal =
-            field.get(i + 1..i + 4).filter(|d| d[0] <= b'3' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) if field[i] == b'\\' => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            _ => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ pub struct Mount {
     pub root: Vec<u8>,
     /// Field 5, unescaped, without a trailing slash (empty for `/`).
     pub mount_point: Vec<u8>,
+    /// Field 6, the per-mount options (`rw,relatime`), as written.
+    pub options: Vec<u8>,
 }
 
 /// Parses one line. `None` for a line that is not a mount of a directory tree: too few
@@ -41,6 +43,7 @@ pub fn parse_line(line: &[u8]) -> Option<Mount> {
     let minor = parse_u32(dev.get(colon + 1..)?)?;
     let root = unescape(fields.next()?);
     let mount_point = unescape(fields.next()?);
+    let options = fields.next().unwrap_or_default().to_vec();
     if root.first() != Some(&b'/') || mount_point.first() != Some(&b'/') {
         return None;
     }
@@ -51,6 +54,7 @@ pub fn parse_line(line: &[u8]) -> Option<Mount> {
         device: Device { major, minor },
         root: trim_slash(&root).to_vec(),
         mount_point: trim_slash(&mount_point).to_vec(),
+        options,
     })
 }
 
@@ -171,7 +175,12 @@ mod tests {
     fn lines() {
         assert_eq!(
             parse_line(b"36 22 254:0 /a\\040b/ /srv/x\\134y rw,relatime shared:1 - ext4 /dev/vda rw"),
-            Some(Mount { device: DEV, root: b"/a b".to_vec(), mount_point: b"/srv/x\\y".to_vec() })
+            Some(Mount {
+                device: DEV,
+                root: b"/a b".to_vec(),
+                mount_point: b"/srv/x\\y".to_vec(),
+                options: b"rw,relatime".to_vec()
+            })
         );
         let root = parse_line(b"27 1 254:0 / / rw - ext4 /dev/vda rw").unwrap();
         assert_eq!((root.root.as_slice(), root.mount_point.as_slice()), (&b""[..], &b""[..]));
