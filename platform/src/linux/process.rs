@@ -298,27 +298,40 @@ fn env_name(entry: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
+/// Every path under a root in a NUL-separated block (`cmdline`: one argument per item;
+/// `environ`: one variable, PATH-style lists giving one path per element), made into evidence
+/// by `evidence(path, detail)`, where the detail names the argument or the variable.
+fn match_block(
+    matcher: &Matcher,
+    source: Source,
+    block: &[u8],
+    pieces: &mut Vec<Vec<u8>>,
+    f: &mut Findings,
+    evidence: impl Fn(&[u8], String) -> Option<Evidence>,
+) {
+    if !matcher.text_may_match(block) {
+        return;
+    }
+    for (i, item) in split_nul(block).enumerate() {
+        pieces.clear();
+        matcher.token_paths(item, pieces);
+        for p in pieces.iter() {
+            let detail = if source == Source::Cmdline { format!("argv[{i}]") } else { env_name(item) };
+            f.add_some(evidence(p, detail));
+        }
+    }
+}
+
 /// The command line (`s.cmdline`) and, when it was read, the environment (`s.environ`) matched
 /// against the process's own spellings of the roots.
 fn match_aliased_text(aliases: &Aliases, environ_read: bool, s: &mut Scratch, f: &mut Findings) {
     let Scratch { cmdline, environ, pieces, .. } = s;
-    if aliases.matcher.text_may_match(cmdline) {
-        for (i, arg) in split_nul(cmdline).enumerate() {
-            pieces.clear();
-            aliases.matcher.token_paths(arg, pieces);
-            for p in pieces.iter() {
-                f.add_some(aliased(aliases, Source::Cmdline, p, format!("argv[{i}]"), None));
-            }
-        }
-    }
-    if environ_read && aliases.matcher.text_may_match(environ) {
-        for entry in split_nul(environ) {
-            pieces.clear();
-            aliases.matcher.token_paths(entry, pieces);
-            for p in pieces.iter() {
-                f.add_some(aliased(aliases, Source::Environ, p, env_name(entry), None));
-            }
-        }
+    let blocks =
+        [(Source::Cmdline, &cmdline[..]), (Source::Environ, if environ_read { &environ[..] } else { &[] })];
+    for (source, block) in blocks {
+        match_block(&aliases.matcher, source, block, pieces, f, |p, detail| {
+            aliased(aliases, source, p, detail, None)
+        });
     }
 }
 
@@ -415,15 +428,9 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
     // cmdline: every argument, empty ones included.
     match read_at(base, c"cmdline", &mut s.cmdline) {
         Ok(()) => {
-            if ctx.matcher.text_may_match(&s.cmdline) {
-                for (i, arg) in split_nul(&s.cmdline).enumerate() {
-                    s.pieces.clear();
-                    ctx.matcher.token_paths(arg, &mut s.pieces);
-                    for p in &s.pieces {
-                        f.add(by_path(Source::Cmdline, p, format!("argv[{i}]")));
-                    }
-                }
-            }
+            match_block(ctx.matcher, Source::Cmdline, &s.cmdline, &mut s.pieces, &mut f, |p, detail| {
+                Some(by_path(Source::Cmdline, p, detail))
+            })
         }
         Err(e) => f.fail(Source::Cmdline, "cmdline", e),
     }
@@ -433,15 +440,9 @@ pub(crate) fn inspect(ctx: &Ctx<'_>, pid: u32, s: &mut Scratch) -> Outcome {
     match read_at(base, c"environ", &mut s.environ) {
         Ok(()) => {
             environ_read = true;
-            if ctx.matcher.text_may_match(&s.environ) {
-                for entry in split_nul(&s.environ) {
-                    s.pieces.clear();
-                    ctx.matcher.token_paths(entry, &mut s.pieces);
-                    for p in &s.pieces {
-                        f.add(by_path(Source::Environ, p, env_name(entry)));
-                    }
-                }
-            }
+            match_block(ctx.matcher, Source::Environ, &s.environ, &mut s.pieces, &mut f, |p, detail| {
+                Some(by_path(Source::Environ, p, detail))
+            });
         }
         Err(e) => f.fail(Source::Environ, "environ", e),
     }
